@@ -1,0 +1,45 @@
+# The two commands a new user runs: `make demo` and `make test`. Both set up a project-local
+# virtualenv first (once; redone when pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+# Where no CUDA GPU is present, torch comes from the CPU wheel index (a plain `pip install torch`
+# would pull a multi-GB CUDA build). A wheel already on this machine's pip find-links is used first.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.damoc-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test constraints clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA GPU found: installing torch==$(TORCH_VERSION) from PyPI"; \
+		$(PIP) install "torch==$(TORCH_VERSION)"; \
+	else \
+		echo "no CUDA GPU: installing the CPU build of torch==$(TORCH_VERSION)"; \
+		$(PIP) install --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null || \
+		$(PIP) install --no-deps --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/damoc select jobs/demo.yaml
+
+# pytest exits 5 when it collects no tests: that is a failure here, never a green run.
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Rewrite constraints.txt from the current virtualenv (after a deliberate dependency change).
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(PIP) freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+.*/torch==\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

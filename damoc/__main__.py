@@ -1,0 +1,3 @@
+from damoc.cli import main
+
+raise SystemExit(main())
