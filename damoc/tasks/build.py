@@ -699,6 +699,15 @@ def build_outputs(wordnet_dir: Path) -> tuple[dict[str, bytes], dict]:
     outputs: dict[str, bytes] = {}
     summary = {}
     licence_ref = "WordNet 3.0 licence (BSD-style); full text in ../NOTICE"
+    # Card keys shared by both tasks (cards are written with sorted keys, so order is irrelevant).
+    common = {
+        "split_rule": SPLIT_RULE,
+        "split_stats": split_stats,
+        "source": source_info(sha),
+        "licence": licence_ref,
+        "builder_command": BUILDER_COMMAND,
+        "files": {split: f"{split}.jsonl.gz" for split in SPLITS},
+    }
 
     # --- lexcat -----------------------------------------------------------
     skipped = collections.Counter()
@@ -746,12 +755,7 @@ def build_outputs(wordnet_dir: Path) -> tuple[dict[str, bytes], dict]:
         ],
         "template": LEXCAT_TEMPLATE,
         "response": "the label word; label = its index in choices",
-        "split_rule": SPLIT_RULE,
-        "split_stats": split_stats,
-        "source": source_info(sha),
-        "licence": licence_ref,
-        "builder_command": BUILDER_COMMAND,
-        "files": {split: f"{split}.jsonl.gz" for split in SPLITS},
+        **common,
     }
     outputs[f"{LEXCAT}/card.json"] = pretty_json(card)
     summary[LEXCAT] = {"rows": card["rows"], "label_balance": balance}
@@ -791,12 +795,7 @@ def build_outputs(wordnet_dir: Path) -> tuple[dict[str, bytes], dict]:
             "hypernym / instance-hypernym synsets; Example is the first "
             "quoted example of the gloss"),
         "response": "the WordNet gloss definition (examples removed)",
-        "split_rule": SPLIT_RULE,
-        "split_stats": split_stats,
-        "source": source_info(sha),
-        "licence": licence_ref,
-        "builder_command": BUILDER_COMMAND,
-        "files": {split: f"{split}.jsonl.gz" for split in SPLITS},
+        **common,
     }
     outputs[f"{DEFGEN}/card.json"] = pretty_json(card)
     summary[DEFGEN] = {"rows": card["rows"]}
