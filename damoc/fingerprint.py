@@ -76,6 +76,15 @@ def fingerprint(stage: str, *parts: Any, stage_version: int = 1) -> str:
     return h.hexdigest()[:FINGERPRINT_CHARS]
 
 
+def default_cache_root() -> Path:
+    """The stage cache: $DAMOC_CACHE_DIR, else the user cache dir (~/.cache/damoc on Linux)."""
+    if os.environ.get("DAMOC_CACHE_DIR"):
+        return Path(os.environ["DAMOC_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("damoc"))
+
+
 def stage_dir(cache_root: str | os.PathLike, stage: str, fp: str) -> Path:
     return Path(cache_root) / stage / fp
 

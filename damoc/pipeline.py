@@ -7,13 +7,13 @@ fingerprint) and says plainly which stages it does not run yet, rather than pret
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 from damoc.config import RunConfig, config_to_yaml
 from damoc.data import prepare_data
 from damoc.data.inspect import format_inspection, inspect_data
+from damoc.fingerprint import default_cache_root
 from damoc.io import write_json, write_text
 
 log = logging.getLogger("damoc")
@@ -31,11 +31,7 @@ def cache_root(config: RunConfig) -> Path:
     """The stage cache: output.cache_dir, else $DAMOC_CACHE_DIR, else the user cache dir."""
     if config.output.cache_dir:
         return Path(config.output.cache_dir).expanduser()
-    if os.environ.get("DAMOC_CACHE_DIR"):
-        return Path(os.environ["DAMOC_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("damoc"))
+    return default_cache_root()
 
 
 def run_select(config: RunConfig) -> dict:

@@ -27,3 +27,16 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def micro_zoo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo-cache")
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(micro_zoo_cache, tmp_path_factory):
+    """The micro zoo, built once per test session for real: tokenizer, Ray tasks, zero-shot."""
+    from damoc.zoo.build import build_zoo
+
+    return build_zoo("micro", tmp_path_factory.mktemp("zoo") / "micro", cache_root=micro_zoo_cache, workers=2)

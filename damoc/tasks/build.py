@@ -375,15 +375,32 @@ def read_licence_header(raw: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_nouns(wordnet_dir: Path) -> tuple[dict[str, Synset], str, str]:
-    """Parse data.noun -> ({offset: Synset}, sha256 of the file, licence)."""
-    path = wordnet_dir / "data.noun"
+# Part of speech of each data file, its ss_type letters and lexfile prefix.
+DATA_FILES = {
+    "n": ("data.noun", ("n",), "noun."),
+    "v": ("data.verb", ("v",), "verb."),
+    "a": ("data.adj", ("a", "s"), "adj."),
+    "r": ("data.adv", ("r",), "adv."),
+}
+# Adjective lemmas may carry a syntactic marker: (a), (p) or (ip).
+_ADJ_MARKER = re.compile(r"\((?:a|ip|p)\)$")
+
+
+def read_data_file(wordnet_dir: Path, pos: str) -> tuple[dict[str, Synset], str, bytes]:
+    """Parse data.{noun,verb,adj,adv} -> ({offset: Synset}, sha256, raw bytes).
+
+    ``pos`` is "n", "v", "a" or "r".  Hypernyms are the ``@`` / ``@i``
+    pointers to synsets of the same part of speech; adjective lemma markers
+    ("(a)", "(p)", "(ip)") are removed.
+    """
+    filename, ss_types, prefix = DATA_FILES[pos]
+    path = wordnet_dir / filename
     raw = path.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     synsets: dict[str, Synset] = {}
-    pos = 0
+    byte_pos = 0
     for line in raw.split(b"\n"):
-        start, pos = pos, pos + len(line) + 1
+        start, byte_pos = byte_pos, byte_pos + len(line) + 1
         if not line or line.startswith(b"  "):
             continue
         text = line.decode("ascii")
@@ -392,9 +409,11 @@ def read_nouns(wordnet_dir: Path) -> tuple[dict[str, Synset], str, str]:
         try:
             offset, lexnum, ss_type = fields[0], int(fields[1]), fields[2]
             if int(offset) != start:
-                raise BuildError(f"data.noun: offset {offset} is at byte {start}")
+                raise BuildError(f"{filename}: offset {offset} is at byte {start}")
             w_cnt = int(fields[3], 16)
             lemmas = [fields[4 + 2 * i] for i in range(w_cnt)]
+            if pos == "a":
+                lemmas = [_ADJ_MARKER.sub("", l) for l in lemmas]
             i = 4 + 2 * w_cnt
             p_cnt = int(fields[i])
             i += 1
@@ -402,21 +421,27 @@ def read_nouns(wordnet_dir: Path) -> tuple[dict[str, Synset], str, str]:
             for _ in range(p_cnt):
                 symbol, target, target_pos = fields[i], fields[i + 1], fields[i + 2]
                 i += 4
-                if target_pos == "n" and symbol == "@":
+                if target_pos == pos and symbol == "@":
                     hypernyms.append(target)
-                elif target_pos == "n" and symbol == "@i":
+                elif target_pos == pos and symbol == "@i":
                     instance_hypernyms.append(target)
         except (IndexError, ValueError) as exc:
-            raise BuildError(f"data.noun: cannot parse synset line at byte {start}: {exc}")
+            raise BuildError(f"{filename}: cannot parse synset line at byte {start}: {exc}")
         lexfile = LEXNAMES.get(lexnum)
-        if ss_type != "n" or lexfile is None or not lexfile.startswith("noun."):
+        if ss_type not in ss_types or lexfile is None or not lexfile.startswith(prefix):
             raise BuildError(
-                f"data.noun: synset {offset} has type {ss_type!r} and "
-                f"lexicographer file {lexnum:02d} ({lexfile}); expected a noun.* file"
+                f"{filename}: synset {offset} has type {ss_type!r} and "
+                f"lexicographer file {lexnum:02d} ({lexfile}); expected a {prefix}* file"
             )
         definition, examples = split_gloss(gloss if sep else "")
         synsets[offset] = Synset(offset, lexfile, lemmas, hypernyms,
                                  instance_hypernyms, definition, examples)
+    return synsets, sha, raw
+
+
+def read_nouns(wordnet_dir: Path) -> tuple[dict[str, Synset], str, str]:
+    """Parse data.noun -> ({offset: Synset}, sha256 of the file, licence)."""
+    synsets, sha, raw = read_data_file(wordnet_dir, "n")
     for offset, lemma, lexfile in SPOT_CHECKS:
         s = synsets.get(offset)
         if s is None or s.lemmas[0] != lemma or s.lexfile != lexfile:
@@ -818,12 +843,16 @@ def gunzip_or_none(data: bytes):
         return None
 
 
-def check(outputs: dict[str, bytes], out: Path) -> int:
-    """Write to a temporary dir, compare byte-for-byte with ``out``."""
-    with tempfile.TemporaryDirectory(prefix="damoc-tasks-check-") as tmp:
+def check(outputs: dict[str, bytes], out: Path, skipped: tuple = (),
+          builder_command: str = BUILDER_COMMAND) -> int:
+    """Write to a temporary dir, compare byte-for-byte with ``out`` (files in
+    ``skipped`` are left out). Shared with damoc.zoo.build_corpora."""
+    with tempfile.TemporaryDirectory(prefix="damoc-build-check-") as tmp:
         write_outputs(outputs, Path(tmp))
         differing = []
         for rel in sorted(outputs):
+            if rel in skipped:
+                continue
             fresh = (Path(tmp) / rel).read_bytes()
             committed_path = out / rel
             if not committed_path.is_file():
@@ -842,9 +871,10 @@ def check(outputs: dict[str, bytes], out: Path) -> int:
     if differing:
         for line in differing:
             print(f"check failed: {line}", file=sys.stderr)
-        print(f"rebuild with: {BUILDER_COMMAND}", file=sys.stderr)
+        print(f"rebuild with: {builder_command}", file=sys.stderr)
         return 1
-    print(f"check ok: {len(outputs)} files under {out} match a fresh build")
+    print(f"check ok: {len(outputs) - len(skipped)} files under {out} match a "
+          "fresh build")
     return 0
 
 

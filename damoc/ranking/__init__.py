@@ -1,0 +1,1 @@
+"""Ranking: turn per-candidate scores into rankings and measure agreement between rankings."""

@@ -1,0 +1,1 @@
+"""Trials: fine-tune a (compressed) candidate and evaluate it. Plain functions; Ray wraps them."""
