@@ -94,15 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
+    from damoc.report import format_table
 
     config = load_config(args.config, args.overrides)
-    run = run_select(config)
-    print(run["data_table"])
-    print()
-    print(f"candidates: {', '.join(run['candidates'])}")
-    print("This version of damoc runs config and data loading only. Not run yet: "
-          + "; ".join(run["not_yet_implemented"]) + ".")
-    print(f"wrote {config.output.dir}/run.json and {config.output.dir}/config.yaml")
+    report = run_select(config)
+    print(format_table(report))
+    if report["winner"]:
+        print(f"\nwinner: {report['winner']} ({report['metric']} {next(c['score'] for c in report['candidates'] if c['name'] == report['winner']):.4f})")
+    for method, b in report["baselines"].items():
+        print(f"{method} baseline would pick: {b['ranking'][0]}")
+    if report.get("agreement", {}).get("damoc"):
+        a = report["agreement"]["damoc"]
+        print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, regret {a['regret']}")
+    print(f"report: {config.output.dir}/report.md, {config.output.dir}/report.json")
     return 0
 
 

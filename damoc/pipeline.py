@@ -1,7 +1,8 @@
-"""The main job, `damoc select`: config -> data -> models -> trials -> ranking -> report.
+"""The main job, `damoc select`: config -> data -> data compression -> one trial per candidate
+(model compression, fine-tuning, evaluation) -> ranking and baselines -> report.
 
-This version runs the stages that exist (config, data loading into canonical records, cached by
-fingerprint) and says plainly which stages it does not run yet, rather than pretending to rank.
+Every stage's output is cached by fingerprint, so a re-run after a crash or with an unchanged
+config reuses finished work; every stage's wall time is recorded for the report's cost accounting.
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ import logging
 import time
 from pathlib import Path
 
+from damoc import fingerprint as fp
 from damoc.config import RunConfig, config_to_yaml
-from damoc.data import prepare_data
-from damoc.data.inspect import format_inspection, inspect_data
+from damoc.config.schema import CandidateConfig
+from damoc.data import LoadedData, prepare_data
+from damoc.data.compress import FILTERS, compress_data
+from damoc.data.inspect import inspect_data
+from damoc.errors import ConfigError
 from damoc.fingerprint import default_cache_root
-from damoc.io import write_json, write_text
+from damoc.io import atomic_dir, write_jsonl, write_text
+from damoc.models.load import checkpoint_digest, parse_zoo_reference, resolve_model_path
+from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_trials
+from damoc.ranking.scores import resolve_metric
 
 log = logging.getLogger("damoc")
-
-# Stages of the DaMoC selection not implemented in this version (shown by `damoc select`).
-NOT_YET_IMPLEMENTED = (
-    "data compression (filtering, key-token compression, rewriting)",
-    "model compression (layer importance, pruning, sparse merging)",
-    "proxy fine-tuning as Ray Tune trials",
-    "evaluation, ranking, baselines and the report",
-)
+TRIAL_VERSION = 1
 
 
 def cache_root(config: RunConfig) -> Path:
@@ -34,22 +35,142 @@ def cache_root(config: RunConfig) -> Path:
     return default_cache_root()
 
 
+def check_supported(config: RunConfig) -> None:
+    """Refuse settings whose stage this version does not implement, before any work starts."""
+    dc = config.data_compression
+    if dc.filter.method not in FILTERS:
+        raise ConfigError(f"data_compression.filter.method '{dc.filter.method}' is not implemented in this version (available: {', '.join(FILTERS)})")
+    if dc.token_compression.enabled:
+        raise ConfigError("data_compression.token_compression.enabled: key-token compression is not implemented in this version")
+    if dc.rewrite.enabled:
+        raise ConfigError("data_compression.rewrite.enabled: rewriting is not implemented in this version")
+    for where, mc in [("model_compression", config.model_compression)] + [
+            (f"candidates.{i}.model_compression", config.model_compression_for(c)) for i, c in enumerate(config.candidates)]:
+        if mc.prune_ratio > 0 or mc.merge.method != "none":
+            raise ConfigError(f"{where}: layer pruning and merging are not implemented in this version (set prune_ratio: 0 and merge.method: none)")
+    for candidate in config.candidates:
+        parse_zoo_reference(candidate.model)
+    if config.ranking.method == "curve":
+        raise ConfigError("ranking.method 'curve' is not implemented in this version (available: final_score)")
+
+
+# ------------------------------------------------------------------------------ data
+def _compressed_entry(config: RunConfig, data: LoadedData, cache: Path) -> tuple[Path, dict]:
+    """The compressed data as a cache entry of canonical JSONL (what trials read)."""
+    key = fp.fingerprint("data-compressed", data.fingerprint, config.data_compression, config.training.seed)
+    entry = fp.stage_dir(cache, "data-compressed", key)
+    if not fp.is_done(entry):
+        compressed, info = compress_data(data, config.data_compression, seed=config.training.seed)
+        with atomic_dir(entry) as tmp:
+            for split, records in compressed.splits.items():
+                write_jsonl(tmp / f"{split}.jsonl", records)
+            fp.write_summary(tmp, {**info, "fingerprint": key})
+    return entry, fp.read_summary(entry)
+
+
+def _full_entry(data: LoadedData, cache: Path) -> Path:
+    return fp.stage_dir(cache, "data", data.fingerprint)
+
+
+# ------------------------------------------------------------------------------ trials
+def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: str, task_type: str, mode: str,
+          cache: Path) -> list[TrialJob]:
+    jobs = []
+    for candidate in config.candidates:
+        name = candidate.display_name
+        training = config.training_for(candidate) if mode == "proxy" else config.ground_truth_training_for(candidate)
+        compression = config.model_compression_for(candidate) if mode == "proxy" else \
+            config.model_compression.model_copy(update={"prune_ratio": 0.0})
+        ranking = config.ranking
+        settings = {
+            "mode": mode,
+            "candidate": {"name": name, "path": paths[name], "revision": candidate.revision,
+                          "trust_remote_code": candidate.trust_remote_code},
+            "training": training.model_dump(mode="json"),
+            "model_compression": compression.model_dump(mode="json", by_alias=True),
+            "data_dir": str(data_dir),
+            "task_type": task_type,
+            "validation_rows": min(ranking.eval_max_rows or 10**9, 128),
+            "test_rows": ranking.eval_max_rows or 10**9,
+            "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
+            "few_shot_k": ranking.few_shot_k,
+            "bertscore_model": ranking.bertscore_model,
+            "calibration_samples": compression.calibration_samples,
+            "rungs": ranking.early_stopping.rungs,
+            "reduction_factor": ranking.early_stopping.reduction_factor,
+            # Data-parallel workers change the effective batch, so they are part of the trial's key.
+            "workers": max(1, config.cluster.workers_per_candidate),
+        }
+        stable = {k: v for k, v in settings.items() if k not in ("data_dir",)}
+        stable["candidate"] = {**settings["candidate"], "path": None}
+        key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
+        jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
+    return jobs
+
+
+def _weights_digest(path: str) -> str:
+    try:
+        return checkpoint_digest(path)
+    except OSError:
+        return f"missing:{path}"
+
+
+def _resolve_candidates(config: RunConfig, cache: Path) -> dict[str, str]:
+    return {c.display_name: resolve_model_path(c.model, cache_root=cache) for c in config.candidates}
+
+
+# ------------------------------------------------------------------------------ the job
 def run_select(config: RunConfig) -> dict:
-    """Run the implemented stages; write OUTPUT/config.yaml and OUTPUT/run.json."""
+    """Run the selection; write OUTPUT/report.json (and report.md, plots, winner configs)."""
+    from damoc.report import build_report, write_report
+
+    check_supported(config)
     out_dir = Path(config.output.dir)
+    cache = cache_root(config)
+    wall: dict[str, float] = {}
     started = time.perf_counter()
-    data = prepare_data(config.data, cache_root(config))
-    data_seconds = time.perf_counter() - started
-    stats = inspect_data(data)
-    run = {
-        "name": config.name,
-        "status": "partial",
-        "stages": {"data": {**data.summary(), "seconds": round(data_seconds, 3)}},
-        "data_stats": stats,
-        "candidates": [c.display_name for c in config.candidates],
-        "not_yet_implemented": list(NOT_YET_IMPLEMENTED),
-    }
+
+    t = time.perf_counter()
+    data = prepare_data(config.data, cache)
+    wall["data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    data_dir, compression_info = _compressed_entry(config, data, cache)
+    wall["data_compression"] = time.perf_counter() - t
+    metric = resolve_metric(config.ranking.metric, data.task_type)
+    if metric in ("accuracy", "gold_logprob") and data.task_type != "classification":
+        raise ConfigError(f"ranking.metric {metric} needs a classification task; {config.data.source} is {data.task_type}")
+    if metric in ("rouge_l", "bertscore") and data.task_type != "generation":
+        raise ConfigError(f"ranking.metric {metric} needs a generation task; {config.data.source} is {data.task_type}")
+
+    t = time.perf_counter()
+    paths = _resolve_candidates(config, cache)
+    wall["candidates"] = time.perf_counter() - t
+
+    started_ray = init_ray(config)
+    try:
+        t = time.perf_counter()
+        proxies = run_trials(config, _jobs(config, paths, data_dir, compression_info["fingerprint"], data.task_type,
+                                           "proxy", cache), name="proxy", use_scheduler=True)
+        wall["proxy_trials"] = time.perf_counter() - t
+        truth = None
+        if config.ranking.ground_truth == "full_ft":
+            t = time.perf_counter()
+            truth = run_trials(config, _jobs(config, paths, _full_entry(data, cache), data.fingerprint, data.task_type,
+                                             "full_ft", cache), name="ground-truth", use_scheduler=False)
+            wall["ground_truth_trials"] = time.perf_counter() - t
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    wall["total"] = time.perf_counter() - started
+    report = build_report(config, data=data, data_stats=inspect_data(data), compression=compression_info,
+                          metric=metric, proxies=proxies, truth=truth, paths=paths, wall=wall)
     write_text(out_dir / "config.yaml", config_to_yaml(config))
-    write_json(out_dir / "run.json", run)
-    run["data_table"] = format_inspection(stats)
-    return run
+    write_report(out_dir, report, config=config, data=data, proxies=proxies, truth=truth, paths=paths)
+    return report
+
+
+def candidate_by_name(config: RunConfig, name: str) -> CandidateConfig:
+    return next(c for c in config.candidates if c.display_name == name)

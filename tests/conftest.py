@@ -39,4 +39,5 @@ def micro_zoo(micro_zoo_cache, tmp_path_factory):
     """The micro zoo, built once per test session for real: tokenizer, Ray tasks, zero-shot."""
     from damoc.zoo.build import build_zoo
 
-    return build_zoo("micro", tmp_path_factory.mktemp("zoo") / "micro", cache_root=micro_zoo_cache, workers=2)
+    # Built where `zoo:micro/<name>` candidates resolve when output.cache_dir is micro_zoo_cache.
+    return build_zoo("micro", cache_root=micro_zoo_cache, workers=2)

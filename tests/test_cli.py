@@ -124,18 +124,6 @@ def write_run(tmp_path: Path, source: str) -> Path:
     return path
 
 
-def test_select_runs_implemented_stages_and_says_what_it_does_not_run(tmp_path, cli):
-    data = jsonl(tmp_path / "pqa.jsonl", classification_rows(60))
-    code, out, err = cli("select", str(write_run(tmp_path, str(data))), "data.test_size=12")
-    assert code == 0, err
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run["status"] == "partial"
-    assert run["stages"]["data"]["rows"] == {"train": 42, "validation": 6, "test": 12}
-    assert run["candidates"] == ["a", "b"]
-    assert run["not_yet_implemented"] and "Not run yet" in out
-    assert (tmp_path / "out" / "config.yaml").is_file()
-
-
 def test_select_on_bad_data_writes_nothing(tmp_path, cli):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
@@ -145,12 +133,13 @@ def test_select_on_bad_data_writes_nothing(tmp_path, cli):
     assert not (tmp_path / "out").exists()
 
 
-def test_quiet_silences_info_logs(tmp_path, cli):
-    data = jsonl(tmp_path / "pqa.jsonl", classification_rows(60))
-    _, _, err = cli("select", str(write_run(tmp_path, str(data))))
-    assert "data:" in err
-    _, _, err = cli("-q", "select", str(write_run(tmp_path, str(data))))
-    assert err == ""
+def test_quiet_silences_info_logs(micro_zoo, micro_zoo_cache, cli, monkeypatch):
+    monkeypatch.setenv("DAMOC_CACHE_DIR", str(micro_zoo_cache))
+    code, out, err = cli("zoo", "build", "--size", "micro")
+    assert code == 0 and "zoo: all 6 micro candidates cached" in err
+    assert "micro-qwen2-tiny-domain" in out  # the manifest table
+    code, out, err = cli("-q", "zoo", "build", "--size", "micro")
+    assert code == 0 and err == ""
 
 
 # ----------------------------------------------------------------------- atomic outputs

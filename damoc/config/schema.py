@@ -178,17 +178,19 @@ class CandidateConfig(Section):
 # ------------------------------------------------------------------------- ranking / cluster / out
 class EarlyStoppingConfig(Section):
     scheduler: Literal["asha", "hyperband", "none"] = Field("asha", description="Successive halving (ASHA), synchronous HyperBand, or none.")
-    budget: Literal["steps", "data"] = Field("steps", description="What the halving rungs measure.")
-    reduction_factor: int = Field(2, ge=2, description="Keep 1/reduction_factor of the candidates at each rung.")
+    budget: Literal["steps"] = Field("steps", description="What the halving rungs measure: optimizer steps of the proxy's fine-tuning.")
+    rungs: int = Field(3, ge=1, description="Evaluations per trial, at training budgets total/rf^(rungs-1), ..., total/rf, total.")
+    reduction_factor: int = Field(2, ge=2, description="Keep 1/reduction_factor of the candidates at each rung (rf).")
     grace: int = Field(1, ge=1, description="Evaluations every candidate gets before it may be stopped.")
 
 
 class RankingConfig(Section):
-    metric: Literal["auto", "accuracy", "rouge_l", "bertscore", "eval_loss"] = Field("auto", description="Score that ranks candidates; auto: accuracy for classification, ROUGE-L for generation.")
+    metric: Literal["auto", "accuracy", "gold_logprob", "rouge_l", "bertscore", "eval_loss"] = Field("auto", description="Score that ranks candidates; auto: accuracy for classification, ROUGE-L for generation. gold_logprob (classification: the gold option's log-probability among the options) still separates short proxies whose accuracy has not left the label prior.")
     method: Literal["final_score", "curve"] = Field("final_score", description="Rank by the proxy's final score, or by its loss curve extrapolated to the full data size.")
     baselines: list[Literal["zero_shot", "few_shot", "size"]] = Field(default_factory=lambda: ["zero_shot", "few_shot", "size"], description="Baseline rankings computed in the same run.")
     few_shot_k: int = Field(3, ge=1, description="Examples in the few-shot prompt.")
     ground_truth: Literal["none", "full_ft"] = Field("none", description="full_ft also fine-tunes every uncompressed candidate on the full data and reports agreement.")
+    ground_truth_training: TrainingOverrides = Field(default_factory=lambda: TrainingOverrides(), description="Overrides of the `training` section for the ground-truth runs, which use full fine-tuning unless `method` is set here.")
     eval_max_rows: Optional[int] = Field(500, ge=1, description="Evaluate on at most this many test rows.")
     bertscore_model: Optional[str] = Field(None, description="BERTScore backbone (default: the offline all-MiniLM-L6-v2).")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
@@ -240,6 +242,15 @@ class RunConfig(Section):
 
     def model_compression_for(self, candidate: CandidateConfig) -> ModelCompressionConfig:
         return _merged(self.model_compression, candidate.model_compression)
+
+    def ground_truth_training_for(self, candidate: CandidateConfig) -> TrainingConfig:
+        """Full fine-tuning (unless ranking.ground_truth_training sets a method) with the
+        candidate's and the ground truth's overrides."""
+        overrides = self.ranking.ground_truth_training
+        merged = _merged(_merged(self.training, candidate.training), overrides)
+        if "method" not in overrides.model_fields_set:
+            merged = merged.model_copy(update={"method": "full"})
+        return merged
 
 
 def _merged(base: BaseModel, overrides: Optional[BaseModel]) -> Any:

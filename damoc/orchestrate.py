@@ -1,0 +1,246 @@
+"""Ray at the edge: candidate trials as Ray Tune trials, each driving a Ray Train TorchTrainer.
+
+    Tuner(grid over candidates, ASHA / HyperBand on the halving rungs)
+      -> trial: TorchTrainer(num_workers from `cluster`; 0 = local mode, in the trial's process)
+           -> every worker: damoc.trials.trial.run_trial (plain code, no Ray inside)
+
+The pattern follows Ray 2.60's Train V2 (a Tune function trainable that builds and fits a
+TorchTrainer, TuneReportCallback forwarding worker reports), see REFERENCE §3. Finished trials are
+written to the stage cache by a driver-side Tune callback as soon as they complete, so a crashed
+selection resumes without retraining them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from damoc import fingerprint as fp
+from damoc.config.schema import RunConfig
+from damoc.io import atomic_dir
+from damoc.log import quiet
+
+log = logging.getLogger("damoc")
+TRIAL_STAGE = "trial"
+
+
+@dataclass
+class TrialJob:
+    name: str
+    settings: dict          # what run_trial needs (JSON-able)
+    entry: Path             # cache entry for the finished result
+
+
+@dataclass
+class TrialOutcome:
+    name: str
+    status: str                                   # completed | stopped_early | failed
+    result: dict = field(default_factory=dict)    # run_trial's result (completed trials)
+    history: list[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    cached: bool = False
+
+
+# ------------------------------------------------------------------------------------ Ray
+def init_ray(config: RunConfig) -> bool:
+    """Connect to `cluster.address`, or start Ray locally. Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Train V2 (the default in 2.60) is what this module is written against.
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API (served by the
+    # dashboard) whether a trial's controller is alive; without it the placement group of a trial
+    # stopped by ASHA is never released and the next trial waits for workers forever.
+    kwargs = dict(configure_logging=False, log_to_driver=config.cluster.address is not None,
+                  logging_level=logging.WARNING)
+    if config.cluster.address:
+        ray.init(address=config.cluster.address, **kwargs)
+    else:
+        ray.init(**kwargs)
+    return True
+
+
+def _worker(settings: dict) -> None:
+    """What each Ray Train worker runs."""
+    import ray.train
+
+    from damoc.trials.trial import run_trial_safely
+
+    if settings["local_mode"]:
+        # Local mode runs inside the Tune trial's process: report straight to Tune.
+        from ray import tune
+
+        run_trial_safely(settings, tune.report)
+    else:
+        run_trial_safely(settings, ray.train.report)
+
+
+def _trial(params: dict, jobs: dict, cluster: dict, storage: str) -> None:
+    """A Tune function trainable: one candidate, one TorchTrainer."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    settings = dict(jobs[params["candidate"]], local_mode=cluster["workers_per_candidate"] == 0)
+    workers = cluster["workers_per_candidate"]
+    use_gpu = cluster["gpus_per_worker"] > 0
+    resources = {"CPU": cluster["cpus_per_worker"], **({"GPU": cluster["gpus_per_worker"]} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=settings,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources if workers else None,
+                                               placement_strategy=cluster["placement_strategy"]),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}", storage_path=storage,
+            callbacks=[TuneReportCallback()] if workers else [],
+            # A finite controller limit: workers that never start (no resources) fail the trial
+            # after a few start-up timeouts instead of retrying forever.
+            failure_config=ray.train.FailureConfig(max_failures=cluster["max_failures"],
+                                                   controller_failure_limit=max(3, cluster["max_failures"]))),
+    )
+    trainer.fit()
+
+
+def _scheduler(config: RunConfig, use_scheduler: bool):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    es = config.ranking.early_stopping
+    if not use_scheduler or es.scheduler == "none" or es.rungs < 2:
+        return FIFOScheduler()
+    max_t = es.reduction_factor ** (es.rungs - 1)
+    grace = es.reduction_factor ** (min(es.grace, es.rungs) - 1)
+    if es.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="budget", max_t=max_t, reduction_factor=es.reduction_factor,
+                                  stop_last_trials=False)
+    return ASHAScheduler(time_attr="budget", max_t=max_t, grace_period=grace, reduction_factor=es.reduction_factor,
+                         stop_last_trials=False)
+
+
+def _max_concurrent(config: RunConfig, per_trial_cpus: float, n: int) -> int:
+    import ray
+
+    if config.cluster.max_concurrent_trials:
+        return config.cluster.max_concurrent_trials
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 1) // per_trial_cpus)
+    if config.cluster.gpus_per_worker > 0:
+        gpus_per_trial = config.cluster.gpus_per_worker * max(1, config.cluster.workers_per_candidate)
+        fits = min(fits, int(resources.get("GPU", 0) // gpus_per_trial))
+    return max(1, min(n, fits))
+
+
+def _cache_callback(jobs: dict[str, TrialJob]):
+    """A driver-side Tune callback that stores each completed trial's result as it arrives."""
+    from ray.tune import Callback
+
+    class CacheFinished(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            job = jobs[trial.config["candidate"]]
+            if result.get("status") == "completed" and "result_json" in result and not fp.is_done(job.entry):
+                write_trial_result(job.entry, json.loads(result["result_json"]))
+
+    return CacheFinished()
+
+
+def write_trial_result(entry: Path, result: dict) -> None:
+    with atomic_dir(entry) as tmp:
+        fp.write_summary(tmp, result)
+
+
+def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_scheduler: bool) -> dict[str, TrialOutcome]:
+    """Run (or read from cache) one trial per job. Returns outcomes by candidate name."""
+    from ray import tune
+
+    outcomes: dict[str, TrialOutcome] = {}
+    pending = []
+    for job in jobs:
+        if fp.is_done(job.entry):
+            result = fp.read_summary(job.entry)
+            outcomes[job.name] = TrialOutcome(job.name, "completed", result, result.get("history", []), cached=True)
+        else:
+            pending.append(job)
+    if outcomes:
+        log.info("%s: %d trial(s) cached: %s", name, len(outcomes), ", ".join(outcomes))
+    if not pending:
+        return outcomes
+
+    cluster = config.cluster.model_dump()
+    per_trial_cpus = float(cluster["cpus_per_worker"])
+    trial_resources = {"cpu": per_trial_cpus} if cluster["workers_per_candidate"] == 0 else {"cpu": 0.25}
+    if cluster["workers_per_candidate"] == 0 and cluster["gpus_per_worker"] > 0:
+        trial_resources["gpu"] = cluster["gpus_per_worker"]
+    if cluster["workers_per_candidate"]:
+        per_trial_cpus = 0.25 + cluster["cpus_per_worker"] * cluster["workers_per_candidate"]
+    storage = str(Path(config.cluster.storage_path or Path(config.output.dir) / "ray_results").expanduser().resolve()
+                  if "://" not in (config.cluster.storage_path or "") else config.cluster.storage_path)
+    by_name = {job.name: job for job in pending}
+    settings = {job.name: dict(job.settings, threads=max(1, int(cluster["cpus_per_worker"]))) for job in pending}
+    trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
+                                    trial_resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"candidate": tune.grid_search([job.name for job in pending])},
+        tune_config=tune.TuneConfig(metric="val_eval_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
+                                    max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(pending))),
+        run_config=tune.RunConfig(name=f"{config.name or 'damoc'}-{name}", storage_path=storage, verbose=0,
+                                  callbacks=[_cache_callback(by_name)],
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    # Tune prints its experiment banner on stdout; stdout is for damoc's ranking table.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if quiet() else sys.stderr):
+        grid = tuner.fit()
+    for result in grid:
+        candidate = result.config["candidate"]
+        outcomes[candidate] = _outcome(candidate, result, by_name[candidate])
+    return outcomes
+
+
+def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:
+    """Completed, stopped early by the scheduler, or failed, from a Tune result."""
+    frame = result.metrics_dataframe
+    rows = [] if frame is None else frame.to_dict("records")
+    history = [{k: _plain(v) for k, v in row.items() if k in HISTORY_KEYS and not _nan(v)} for row in rows
+               if row.get("status") == "running"]
+    last = result.metrics or (rows[-1] if rows else {})
+    info = next((json.loads(row["info_json"]) for row in rows if isinstance(row.get("info_json"), str)), {})
+    if rows and isinstance(rows[-1].get("elapsed_s"), float):
+        info["elapsed_s"] = rows[-1]["elapsed_s"]
+    if fp.is_done(job.entry):
+        full = fp.read_summary(job.entry)
+        return TrialOutcome(name, "completed", full, full.get("history", history))
+    if last.get("status") == "completed" and last.get("result_json"):
+        full = json.loads(last["result_json"])
+        write_trial_result(job.entry, full)
+        return TrialOutcome(name, "completed", full, full.get("history", history))
+    if last.get("status") == "failed" or result.error is not None:
+        error = last.get("error") if last.get("status") == "failed" else f"{type(result.error).__name__}: {result.error}"
+        return TrialOutcome(name, "failed", result=info, history=history,
+                            error=str(error).splitlines()[0] if error else "unknown error")
+    return TrialOutcome(name, "stopped_early", result=info, history=history)
+
+
+HISTORY_KEYS = ("step", "budget", "train_loss", "train_tokens", "val_eval_loss", "val_perplexity", "val_accuracy",
+                "val_gold_logprob")
+
+
+def _plain(value):
+    """Tune's dataframe turns ints into floats (and numpy types): back to plain JSON numbers."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**53 else value
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

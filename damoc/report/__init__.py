@@ -1,0 +1,208 @@
+"""The report: report.json (the record), report.md (the table a person reads), PNG plots, and
+ready-to-run configs for fully fine-tuning the winner in LLaMA-Factory and axolotl.
+
+Everything here is assembled from what the stages recorded (rows, tokens, layers, seconds), so the
+cost figures are measurements, not estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Optional
+
+import damoc
+from damoc.config import RunConfig
+from damoc.data import LoadedData
+from damoc.io import write_json, write_text
+from damoc.ranking.scores import (METRICS, agreement_with_truth, baseline_rankings, proxy_ranking,
+                                  ranking_as_scores)
+
+REPORT_VERSION = 1
+
+
+def _round(value, digits: int = 4):
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, digits)
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def _zoo_manifest(path: str) -> dict:
+    manifest = Path(path).parent / "zoo.json"
+    if not manifest.is_file():
+        return {}
+    return next((c for c in json.loads(manifest.read_text())["candidates"] if c["name"] == Path(path).name), {})
+
+
+def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compression: dict, metric: str,
+                 proxies: dict, truth: Optional[dict], paths: dict[str, str], wall: dict[str, float]) -> dict:
+    ranking_rows = proxy_ranking(proxies, metric)
+    ranks = {row["name"]: row["rank"] for row in ranking_rows}
+    candidates = []
+    sizes: dict[str, int] = {}
+    for candidate in config.candidates:
+        name = candidate.display_name
+        outcome = proxies[name]
+        result = outcome.result
+        last = outcome.history[-1] if outcome.history else {}
+        zoo = _zoo_manifest(paths[name])
+        params = result.get("params") or zoo.get("params")
+        if params:
+            sizes[name] = params
+        if outcome.status == "completed":
+            score, score_on = result["test"].get(metric), "test"
+        elif outcome.status == "stopped_early":
+            score = last.get(f"val_{metric}")
+            score, score_on = (score, "validation") if score is not None else (last.get("val_eval_loss"), "validation eval_loss")
+        else:
+            score, score_on = None, None
+        status = {"completed": "ok"}.get(outcome.status, outcome.status)
+        entry = {
+            "name": name, "model": candidate.model, "path": paths[name],
+            "architecture": result.get("architecture") or zoo.get("architecture"),
+            "params": params, "layers": result.get("layers") or zoo.get("layers"),
+            "layers_kept": result.get("layers_kept"),
+            "status": status, "error": outcome.error or result.get("error"),
+            "score": score, "score_on": score_on, "rank": ranks.get(name),
+            "test": result.get("test"), "baselines": result.get("baselines"),
+            "steps": result.get("steps") or last.get("step"),
+            "train_tokens": result.get("train_tokens") or last.get("train_tokens"),
+            "train_flops": result.get("train_flops") or (6 * (result.get("proxy_params") or params or 0) * (last.get("train_tokens") or 0)),
+            "trainable_params": result.get("trainable_params"),
+            "workers": result.get("workers"), "engine": result.get("engine"), "deepspeed_stage": result.get("deepspeed"),
+            "wall_s": result.get("wall_s") or ({"total": round(result["elapsed_s"], 2)} if "elapsed_s" in result else None),
+            "cached": outcome.cached,
+            "history": outcome.history,
+        }
+        if truth is not None:
+            t = truth[name]
+            entry["ground_truth"] = {"status": {"completed": "ok"}.get(t.status, t.status), "error": t.error,
+                                     "test": t.result.get("test"), "train_tokens": t.result.get("train_tokens"),
+                                     "train_flops": t.result.get("train_flops"), "wall_s": t.result.get("wall_s")}
+        candidates.append(entry)
+
+    ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
+    baselines = baseline_rankings(proxies, metric, sizes, config.ranking.baselines)
+    report = {
+        "damoc_version": damoc.__version__, "report_version": REPORT_VERSION, "run": config.name,
+        "task": {"source": str(config.data.source), "type": data.task_type, "rows": data_stats["rows"],
+                 "splits": {s: v["rows"] for s, v in data_stats["splits"].items()}},
+        "metric": metric, "higher_is_better": METRICS[metric],
+        "candidates": candidates, "ranking": ranking,
+        "winner": ranking[0] if ranking else None,
+        "baselines": baselines,
+        "data_compression": compression,
+        "early_stopping": config.ranking.early_stopping.model_dump(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    }
+    if truth is not None:
+        truth_scores = {n: o.result["test"][metric] for n, o in truth.items() if o.status == "completed"}
+        report["ground_truth"] = {"ranking": sorted(truth_scores, key=lambda n: (-truth_scores[n] if METRICS[metric] else truth_scores[n], n)),
+                                  "scores": truth_scores}
+        agreement = {"damoc": agreement_with_truth(ranking_as_scores(ranking), truth_scores, metric, predicted_higher=True)}
+        for method, b in baselines.items():
+            agreement[method] = agreement_with_truth(ranking_as_scores(b["ranking"]), truth_scores, metric, predicted_higher=True)
+        report["agreement"] = agreement
+    report["cost"] = _cost(candidates, wall, truth is not None)
+    return _round(report)
+
+
+def _cost(candidates: list[dict], wall: dict[str, float], with_truth: bool) -> dict:
+    def total(key: str, source=lambda c: c) -> float:
+        return sum((source(c) or {}).get(key) or 0 for c in candidates)
+
+    stage_seconds = {}
+    for stage in ("load", "baselines", "model_compression", "fine_tune", "evaluate"):
+        stage_seconds[stage] = round(sum(((c.get("wall_s") or {}).get(stage) or 0) for c in candidates), 2)
+    cost = {
+        "wall_s": {k: round(v, 2) for k, v in wall.items()},
+        "trial_stage_s": stage_seconds,
+        "proxy_train_tokens": total("train_tokens"),
+        "proxy_train_flops": total("train_flops"),
+    }
+    if with_truth:
+        truth = [c.get("ground_truth") or {} for c in candidates]
+        cost["ground_truth_train_tokens"] = sum(t.get("train_tokens") or 0 for t in truth)
+        cost["ground_truth_train_flops"] = sum(t.get("train_flops") or 0 for t in truth)
+        if cost["proxy_train_flops"]:
+            cost["compute_ratio"] = cost["ground_truth_train_flops"] / cost["proxy_train_flops"]
+        ft_truth = sum(((t.get("wall_s") or {}).get("fine_tune") or 0) for t in truth)
+        if stage_seconds["fine_tune"]:
+            cost["wall_ratio_train"] = ft_truth / stage_seconds["fine_tune"]
+    return cost
+
+
+def write_report(out_dir: Path, report: dict, *, config: RunConfig, data: LoadedData, proxies: dict,
+                 truth: Optional[dict], paths: dict[str, str]) -> None:
+    from damoc.report.plots import plot_curves, plot_proxy_vs_truth
+    from damoc.report.winner import write_winner_configs
+
+    out_dir = Path(out_dir)
+    figures = {"curves": plot_curves(report, out_dir / "curves.png")}
+    if truth is not None:
+        figures["proxy_vs_truth"] = plot_proxy_vs_truth(report, out_dir / "proxy_vs_truth.png")
+    if report["winner"]:
+        report["winner_configs"] = write_winner_configs(out_dir / "winner", report, config=config, data=data,
+                                                        path=paths[report["winner"]])
+    report["figures"] = {k: v.name for k, v in figures.items() if v is not None}
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", format_markdown(report))
+
+
+def format_table(report: dict) -> str:
+    """The ranking table printed at the end of `damoc select`."""
+    metric = report["metric"]
+    lines = [f"{'rank':>4}  {'candidate':<26}{'status':<15}{metric:>10}{'params':>10}{'layers':>8}{'train tokens':>14}{'wall s':>8}"]
+    for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
+        score = "-" if c["score"] is None else f"{c['score']:.4f}"
+        params = "-" if not c["params"] else f"{c['params'] / 1e6:.2f}M"
+        layers = "-" if c["layers"] is None else f"{c['layers_kept'] or c['layers']}/{c['layers']}"
+        wall = (c.get("wall_s") or {}).get("total")
+        lines.append(f"{c['rank'] or '-':>4}  {c['name']:<26}{c['status']:<15}{score:>10}{params:>10}{layers:>8}"
+                     f"{c['train_tokens'] or 0:>14}{'-' if wall is None else f'{wall:.0f}':>8}")
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    metric = report["metric"]
+    out = [f"# damoc selection: {report['run']}", "",
+           f"Task: `{report['task']['source']}` ({report['task']['type']}, "
+           + ", ".join(f"{s} {n}" for s, n in report['task']['splits'].items()) + f"). Metric: {metric} "
+           + ("(higher is better)." if report["higher_is_better"] else "(lower is better)."), "",
+           f"**Winner: {report['winner']}**" if report["winner"] else "**No candidate completed.**", "",
+           "| rank | candidate | status | " + metric + " | params | layers kept | train tokens | train FLOPs | wall s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
+        score = "" if c["score"] is None else f"{c['score']:.4f}" + ("" if c["score_on"] == "test" else f" ({c['score_on']})")
+        status = c["status"] + (f": {c['error']}" if c["error"] else "")
+        out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
+                   f"{c['layers_kept'] or ''}/{c['layers'] or ''} | {c['train_tokens'] or ''} | "
+                   f"{c['train_flops'] or ''} | {(c.get('wall_s') or {}).get('total', '')} |")
+    out += ["", "## Baselines", "", "| method | ranking |", "|---|---|"]
+    out.append(f"| damoc | {', '.join(report['ranking'])} |")
+    for method, b in report["baselines"].items():
+        out.append(f"| {method} | {', '.join(b['ranking'])} |")
+    if report.get("agreement"):
+        out += ["", "## Agreement with ground truth (full fine-tuning)", "",
+                f"Ground truth: {', '.join(report['ground_truth']['ranking'])}", "",
+                "| method | Spearman | Kendall | top-1 hit | regret |", "|---|---|---|---|---|"]
+        for method, a in report["agreement"].items():
+            if a:
+                out.append(f"| {method} | {a['spearman']} | {a['kendall']} | {a['top1_hit']} | {a['regret']} |")
+    cost = report["cost"]
+    out += ["", "## Cost", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in cost["wall_s"].items()]
+    out += ["", f"Proxy training: {cost['proxy_train_tokens']} tokens, {cost['proxy_train_flops']:.3g} FLOPs (6 x params x tokens)."]
+    if "compute_ratio" in cost:
+        out.append(f"Ground truth / proxy training compute: {cost['compute_ratio']:.1f}x.")
+    if report.get("figures"):
+        out += [""] + [f"![{k}]({v})" for k, v in report["figures"].items()]
+    if report.get("winner_configs"):
+        out += ["", "## Fine-tune the winner", ""] + [f"- {k}: `{v}`" for k, v in report["winner_configs"].items()]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,64 @@
+"""PNG plots of a selection (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from damoc.io import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(report: dict, path: Path) -> Optional[Path]:
+    """Validation loss at each halving rung, per candidate (stopped trials end early)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for c in report["candidates"]:
+        points = [(h["step"], h["val_eval_loss"]) for h in c.get("history") or [] if "val_eval_loss" in h]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=f"{c['name']} ({c['status']})")
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("proxy fine-tuning step")
+    ax.set_ylabel("validation loss (response tokens)")
+    ax.set_title("Proxy fine-tuning curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_proxy_vs_truth(report: dict, path: Path) -> Optional[Path]:
+    """Proxy score against the ground-truth (full fine-tuning) score, one point per candidate."""
+    plt = _pyplot()
+    metric = report["metric"]
+    points = [(c["score"], c["ground_truth"]["test"][metric], c["name"]) for c in report["candidates"]
+              if c["score"] is not None and c["score_on"] == "test" and (c.get("ground_truth") or {}).get("test")]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for x, y, name in points:
+        ax.scatter(x, y)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"proxy {metric}")
+    ax.set_ylabel(f"full fine-tuning {metric}")
+    ax.set_title("Proxy vs ground truth")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

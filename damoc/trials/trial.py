@@ -1,0 +1,282 @@
+"""One candidate's trial, as every Ray Train worker runs it (and as tests run it without Ray):
+
+    load -> baselines (zero-shot, few-shot) -> model compression -> LoRA -> fine-tune, evaluating at
+    the halving rungs -> final test evaluation -> result (cached)
+
+`run_trial(settings, report)` takes plain JSON-able settings (built by damoc.orchestrate) and a
+`report(metrics)` callable: Ray's report when run under Ray, a list's append in tests. Rank 0
+evaluates; every rank reports (Ray Train expects all workers to), so the other ranks report the
+same step with no scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("damoc.trials")
+
+Report = Callable[[dict], None]
+# The scheduler needs its metric in every result; a failed trial reports this (worse than any loss).
+FAILED_LOSS = 1e9
+
+
+def failure_metrics(message: str) -> dict:
+    return {"step": 0, "budget": 0, "status": "failed", "error": message, "val_eval_loss": FAILED_LOSS}
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _read_split(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _single_process_group() -> bool:
+    """DeepSpeed needs a process group even for one in-process worker (local mode). Returns True
+    when it made one (the trial then destroys it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    return True
+
+
+def deepspeed_config(spec: str, *, batch_size: int, accumulation: int, bf16: bool) -> dict:
+    """A DeepSpeed config from a preset name (`zero2`) or a JSON file; batch sizes always come from
+    the training section so the two cannot disagree."""
+    if spec in ("zero2", "zero-2", "zero_2"):
+        config = {"zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True}}
+    else:
+        with open(spec, encoding="utf-8") as f:
+            config = json.load(f)
+    config.update(train_micro_batch_size_per_gpu=batch_size, gradient_accumulation_steps=accumulation,
+                  gradient_clipping=config.get("gradient_clipping", 1.0))
+    config["bf16"] = {"enabled": bf16}
+    config.setdefault("steps_per_print", 10**9)
+    return config
+
+
+def _engine(model, training: dict, bf16: bool, world: int):
+    from damoc.trials.finetune import DeepSpeedEngine, Engine
+
+    accumulation = training["gradient_accumulation_steps"]
+    if training.get("deepspeed"):
+        import deepspeed
+        import torch
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        # A plain torch optimizer: DeepSpeed's fused/CPU Adam would JIT-build C++ ops first.
+        optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+        config = deepspeed_config(training["deepspeed"], batch_size=training["batch_size"], accumulation=accumulation, bf16=bf16)
+        ds_engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        return DeepSpeedEngine(ds_engine)
+    engine = Engine(model, training["learning_rate"], training["weight_decay"], accumulation)
+    if world > 1:
+        import torch
+
+        engine.model = torch.nn.parallel.DistributedDataParallel(model)
+    return engine
+
+
+def _apply_lora(model, lora: dict):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def rung_steps(total_steps: int, rungs: int, reduction_factor: int = 2) -> list[int]:
+    """Evaluation points total/rf^(rungs-1), ..., total/rf, total: the budgets at which successive
+    halving compares candidates (the same fractions for every trial)."""
+    return [max(1, round(total_steps / reduction_factor ** (rungs - 1 - i))) for i in range(rungs)]
+
+
+def run_trial(settings: dict, report: Report) -> dict:
+    """Run one candidate's trial. Returns the result (rank 0), or {} on other ranks."""
+    import torch
+
+    from damoc.config.schema import ModelCompressionConfig
+    from damoc.models.compress import compress_model
+    from damoc.models.load import CandidateError, load_candidate
+    from damoc.trials.evaluate import evaluate_records
+    from damoc.trials.finetune import finetune, optimizer_steps
+    from damoc.trials.prompts import PromptFormat
+
+    started = time.perf_counter()
+    rank, world = _dist()
+    if settings.get("threads"):
+        torch.set_num_threads(settings["threads"])
+    candidate, training, task_type = settings["candidate"], settings["training"], settings["task_type"]
+    wall: dict[str, float] = {}
+    result = {"name": candidate["name"], "mode": settings["mode"], "status": "ok", "error": None}
+
+    def fail(message: str) -> dict:
+        result.update(status="failed", error=message, wall_s=wall)
+        report(failure_metrics(message))
+        return result
+
+    t = time.perf_counter()
+    try:
+        model, tokenizer = load_candidate(candidate["path"], revision=candidate.get("revision"),
+                                          trust_remote_code=candidate.get("trust_remote_code", False))
+    except CandidateError as e:
+        return fail(str(e))
+    wall["load"] = time.perf_counter() - t
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    bf16 = training["bf16"] is True or (training["bf16"] == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    data_dir = Path(settings["data_dir"])
+    train = _read_split(data_dir / "train.jsonl")
+    validation = _read_split(data_dir / "validation.jsonl")[:settings["validation_rows"]]
+    test = _read_split(data_dir / "test.jsonl")[:settings["test_rows"]]
+    use_template = training["chat_template"] == "auto"
+    fmt = PromptFormat(tokenizer, use_chat_template=use_template)
+    positions = getattr(model.config, "max_position_embeddings", None) or 10**9
+    if training["max_seq_length"] > positions:
+        training = dict(training, max_seq_length=positions)
+    # Few-shot prompts are longer than training rows; the model's positions are the hard limit.
+    max_length = min(positions, (settings.get("few_shot_k", 0) + 2) * training["max_seq_length"])
+    evaluate = dict(bertscore_model=settings.get("bertscore_model"), max_length=max_length)
+
+    params = sum(p.numel() for p in model.parameters())
+    result.update(params=params, architecture=type(model).__name__)
+    if rank == 0 and settings.get("baselines"):
+        t = time.perf_counter()
+        baselines = {}
+        if "zero_shot" in settings["baselines"]:
+            baselines["zero_shot"] = evaluate_records(model, tokenizer, test, task_type, fmt=fmt, **evaluate)
+        if "few_shot" in settings["baselines"]:
+            shots = PromptFormat(tokenizer, use_chat_template=use_template, few_shot=train[:settings["few_shot_k"]])
+            baselines["few_shot"] = evaluate_records(model, tokenizer, test, task_type, fmt=shots, **evaluate)
+        result["baselines"] = baselines
+        wall["baselines"] = time.perf_counter() - t
+    # Reported before training, so a trial the scheduler stops still has its baselines and size.
+    report({"step": 0, "budget": 0, "status": "baselines", "val_eval_loss": FAILED_LOSS,
+            "info_json": json.dumps({"baselines": result.get("baselines", {}), "params": params,
+                                     "architecture": result["architecture"]}),
+            "elapsed_s": time.perf_counter() - started})
+
+    t = time.perf_counter()
+    try:
+        model, compression = compress_model(model, ModelCompressionConfig.model_validate(settings["model_compression"]),
+                                            calibration=train[:settings.get("calibration_samples", 64)])
+    except Exception as e:  # noqa: BLE001 - a candidate the compressor cannot handle fails alone
+        return fail(f"model compression failed: {type(e).__name__}: {e}")
+    wall["model_compression"] = time.perf_counter() - t
+    result.update(layers=compression["layers"], layers_kept=compression["layers_kept"], compression=compression,
+                  proxy_params=sum(p.numel() for p in model.parameters()))
+    if training["method"] == "lora":
+        try:
+            model = _apply_lora(model, training["lora"])
+        except ValueError as e:  # e.g. target modules not found in this architecture
+            return fail(f"LoRA cannot wrap {candidate['name']}: {e}")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    steps = optimizer_steps(len(train), epochs=training["epochs"], batch_size=training["batch_size"],
+                            accumulation=training["gradient_accumulation_steps"], world_size=world,
+                            max_steps=training["max_steps"])
+    rf = settings["reduction_factor"]
+    rungs = rung_steps(steps, settings["rungs"], rf)
+    history: list[dict] = []
+
+    def on_eval(step: int, progress: dict) -> None:
+        # `budget` is the scheduler's clock: rf^i at the i-th rung, whatever the candidate's steps.
+        budget = rf ** next(i for i, s in enumerate(rungs) if s >= step)
+        metrics: dict = {"step": step, "budget": budget, "status": "running", "train_loss": progress["train_loss"],
+                         "train_tokens": progress["train_tokens"] * world, "val_eval_loss": FAILED_LOSS,
+                         "elapsed_s": time.perf_counter() - started}
+        if rank == 0:
+            scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False, **evaluate)
+            metrics.update({f"val_{k}": v for k, v in scores.items() if k != "rows"})
+            history.append(metrics)
+            log.info("trial %s: step %d/%d val loss %.4f", candidate["name"], step, steps, metrics["val_eval_loss"])
+        report(metrics)
+
+    t = time.perf_counter()
+    try:
+        engine = _engine(model, training, bf16, world)
+        progress = finetune(model, tokenizer, train, learning_rate=training["learning_rate"], epochs=training["epochs"],
+                            batch_size=training["batch_size"],
+                            gradient_accumulation_steps=training["gradient_accumulation_steps"],
+                            max_steps=training["max_steps"], max_seq_length=training["max_seq_length"],
+                            loss_on=training["loss_on"], packing=training["packing"],
+                            warmup_ratio=training["warmup_ratio"], weight_decay=training["weight_decay"],
+                            seed=training["seed"], fmt=fmt, engine=engine, rank=rank, world_size=world, bf16=bf16,
+                            eval_steps=rungs, on_eval=on_eval)
+    except FloatingPointError as e:
+        return fail(f"training diverged: {e}")
+    except torch.OutOfMemoryError as e:
+        return fail(f"out of memory while fine-tuning: {str(e).splitlines()[0]}")
+    wall["fine_tune"] = time.perf_counter() - t
+    if progress["steps"] < 1 or progress["train_tokens"] == 0:
+        return fail("fine-tuning ran no optimizer step")
+
+    train_tokens = progress["train_tokens"] * world
+    result.update(engine=type(engine).__name__, workers=world,
+                  deepspeed=engine.ds.zero_optimization_stage() if hasattr(engine, "ds") else None)
+    result.update(steps=progress["steps"], train_tokens=train_tokens, trainable_params=trainable,
+                  train_flops=6 * result["proxy_params"] * train_tokens, train_loss=progress["train_loss"],
+                  history=history, rungs=rungs)
+    if rank == 0:
+        t = time.perf_counter()
+        result["test"] = evaluate_records(model, tokenizer, test, task_type, fmt=fmt, **evaluate)
+        wall["evaluate"] = time.perf_counter() - t
+    wall["total"] = time.perf_counter() - started
+    result["wall_s"] = {k: round(v, 2) for k, v in wall.items()}
+    final = {"step": progress["steps"], "budget": rf ** (len(rungs) - 1), "status": "completed",
+             "train_loss": progress["train_loss"], "train_tokens": train_tokens,
+             "val_eval_loss": history[-1]["val_eval_loss"] if history else FAILED_LOSS}
+    if rank == 0:
+        final.update({f"test_{k}": v for k, v in result["test"].items() if isinstance(v, float)})
+        final["result_json"] = json.dumps(result, default=_json_default)
+    report(final)
+    return result if rank == 0 else {}
+
+
+def _json_default(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return str(obj)
+
+
+def run_trial_in_group(settings: dict, report: Report) -> dict:
+    """run_trial inside a one-process group when DeepSpeed needs one and none exists (local mode)."""
+    import torch.distributed as dist
+
+    made = _single_process_group() if settings["training"].get("deepspeed") else False
+    try:
+        return run_trial(settings, report)
+    finally:
+        if made:
+            dist.destroy_process_group()
+
+
+def run_trial_safely(settings: dict, report: Report) -> dict:
+    """run_trial, with any unexpected error recorded as this candidate's failure (the others go on)."""
+    try:
+        return run_trial_in_group(settings, report)
+    except Exception as e:  # noqa: BLE001 - one candidate's bug must not sink the selection
+        message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        log.error("trial %s failed: %s\n%s", settings["candidate"]["name"], message, traceback.format_exc())
+        report(failure_metrics(message))
+        return {"name": settings["candidate"]["name"], "mode": settings["mode"], "status": "failed", "error": message}

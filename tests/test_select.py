@@ -1,0 +1,272 @@
+"""The selection engine end to end on the micro zoo with a real local Ray instance, and the trial
+function on its own (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from damoc.config import load_config
+from damoc.trials.trial import rung_steps, run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro_config(tmp_path: Path, cache: Path, *overrides: str, candidates: list | None = None):
+    """jobs/micro.yaml, pointed at the session's micro zoo and a fresh output directory."""
+    data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
+    if candidates is not None:
+        data["candidates"] = candidates
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path, [f"output.dir={tmp_path / 'out'}", f"output.cache_dir={cache}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def selection(micro_zoo, micro_zoo_cache, tmp_path_factory):
+    """One real selection: the micro zoo plus a missing candidate; trials one at a time so that
+    successive halving meets a deliberately weak candidate (learning rate ~0) after a good one."""
+    from damoc.pipeline import run_select
+
+    tmp = tmp_path_factory.mktemp("select")
+    candidates = [
+        "zoo:micro/micro-qwen2-tiny-domain",
+        {"model": "zoo:micro/micro-llama-deep-domain", "training": {"learning_rate": 1.0e-9}},
+        "zoo:micro/micro-phi3-mixed",
+        "zoo:micro/micro-gpt2-jargon",
+        {"model": str(tmp / "no-such-checkpoint"), "name": "broken"},
+    ]
+    config = micro_config(tmp, micro_zoo_cache, "cluster.max_concurrent_trials=1", candidates=candidates)
+    report = run_select(config)
+    return tmp, config, report
+
+
+def test_report_schema_and_contents(selection):
+    tmp, config, report = selection
+    out = tmp / "out"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["ranking"] == report["ranking"]
+    for key in ("task", "metric", "candidates", "ranking", "baselines", "cost", "winner"):
+        assert key in on_disk
+    assert on_disk["metric"] == "accuracy" and on_disk["task"]["type"] == "classification"
+    by_name = {c["name"]: c for c in on_disk["candidates"]}
+    assert set(by_name) == {c.display_name for c in config.candidates}
+    for c in on_disk["candidates"]:
+        for key in ("name", "architecture", "params", "layers", "layers_kept", "status", "error", "score", "rank",
+                    "train_tokens", "train_flops", "wall_s"):
+            assert key in c, key
+        assert c["status"] in ("ok", "stopped_early", "failed")
+    ok = [c for c in on_disk["candidates"] if c["status"] == "ok"]
+    assert ok, "at least one candidate completes"
+    for c in ok:
+        assert c["train_tokens"] > 0 and c["steps"] >= 1
+        assert c["train_flops"] == 6 * c["params"] * c["train_tokens"]
+        assert 0 <= c["test"]["accuracy"] <= 1 and c["test"]["eval_loss"] > 0
+        assert c["layers_kept"] == c["layers"]
+        assert set(c["baselines"]) == {"zero_shot", "few_shot"}
+    # The ranking lists every candidate that was not a failure, completed ones first by score.
+    ranked = [by_name[n] for n in on_disk["ranking"]]
+    assert [c["rank"] for c in ranked] == list(range(1, len(ranked) + 1))
+    scores = [c["score"] for c in ranked if c["status"] == "ok"]
+    assert scores == sorted(scores, reverse=True)
+    assert on_disk["winner"] == on_disk["ranking"][0]
+    assert set(on_disk["baselines"]) == {"zero_shot", "few_shot", "size"}
+    assert on_disk["baselines"]["size"]["ranking"][0] == max((c for c in on_disk["candidates"] if c["params"]),
+                                                             key=lambda c: c["params"])["name"]
+    assert on_disk["cost"]["proxy_train_tokens"] == sum(c["train_tokens"] or 0 for c in on_disk["candidates"])
+    assert (out / "report.md").read_text().startswith("# damoc selection")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broken_candidate_fails_alone(selection):
+    _, _, report = selection
+    broken = next(c for c in report["candidates"] if c["name"] == "broken")
+    assert broken["status"] == "failed" and broken["rank"] is None
+    assert "model path not found" in broken["error"]
+    assert "broken" not in report["ranking"] and len(report["ranking"]) == 4
+
+
+def test_successive_halving_stops_the_weak_candidate(selection):
+    _, _, report = selection
+    weak = next(c for c in report["candidates"] if c["name"] == "micro-llama-deep-domain")
+    assert weak["status"] == "stopped_early"
+    assert weak["score"] is not None and weak["score_on"].startswith("validation")  # its partial score
+    assert len(weak["history"]) < len(next(c for c in report["candidates"] if c["status"] == "ok")["history"])
+    assert report["ranking"].index("micro-llama-deep-domain") > 0
+
+
+def test_winner_configs_for_llamafactory_and_axolotl(selection):
+    tmp, config, report = selection
+    winner_dir = tmp / "out" / "winner"
+    lf = yaml.safe_load((winner_dir / "llamafactory.yaml").read_text())
+    ax = yaml.safe_load((winner_dir / "axolotl.yaml").read_text())
+    winner = next(c for c in report["candidates"] if c["name"] == report["winner"])
+    assert lf["model_name_or_path"] == str(Path(winner["path"]).resolve()) == ax["base_model"]
+    assert lf["stage"] == "sft" and lf["finetuning_type"] == "full" and "adapter" not in ax  # micro.yaml: full
+    assert lf["trust_remote_code"] is False and ax["trust_remote_code"] is False
+    info = json.loads((Path(lf["dataset_dir"]) / "dataset_info.json").read_text())
+    rows = json.loads((Path(lf["dataset_dir"]) / info[lf["dataset"]]["file_name"]).read_text())
+    assert len(rows) == report["task"]["splits"]["train"] and {"instruction", "output"} <= set(rows[0])
+    assert Path(ax["datasets"][0]["path"]).is_file() and ax["datasets"][0]["type"] == "alpaca"
+
+
+def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypatch):
+    """A second run with the same config retrains nothing that finished."""
+    from damoc import orchestrate
+    from damoc.pipeline import run_select
+
+    _, config, first = selection
+    completed = {c["name"] for c in first["candidates"] if c["status"] == "ok"}
+    ran = []
+    real = orchestrate._trial
+
+    def spy(params, **kwargs):
+        ran.append(params["candidate"])
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(orchestrate, "_trial", spy)
+    second = run_select(config.model_copy(update={"output": config.output.model_copy(update={"dir": str(tmp_path / "again")})}))
+    again = {c["name"]: c for c in second["candidates"]}
+    for name in completed:
+        assert again[name]["cached"] is True and again[name]["status"] == "ok"
+        assert again[name]["score"] == next(c["score"] for c in first["candidates"] if c["name"] == name)
+    assert not completed & set(ran)
+
+
+def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
+    data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
+    data["candidates"] = data["candidates"][:2]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = cli("select", str(path), f"output.dir={tmp_path / 'out'}", f"output.cache_dir={micro_zoo_cache}",
+                         "ranking.ground_truth=full_ft", "ranking.early_stopping.scheduler=none")
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:3] == ["rank", "candidate", "status"]
+    assert "winner:" in out and "agreement with full fine-tuning" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["ground_truth"]["ranking"] and set(report["agreement"]) >= {"damoc", "zero_shot", "size"}
+    assert report["cost"]["ground_truth_train_tokens"] > report["cost"]["proxy_train_tokens"]  # full data vs half
+    assert (tmp_path / "out" / "proxy_vs_truth.png").is_file()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model_compression.prune_ratio=0.25", "layer pruning and merging are not implemented"),
+    ("data_compression.filter.method=dq", "filter.method 'dq' is not implemented"),
+    ("candidates.0.model=zoo:micro/nope", "no candidate 'nope' in the micro zoo"),
+])
+def test_unsupported_or_bad_settings_exit_2_before_any_work(micro_zoo_cache, tmp_path, cli, override, fragment):
+    code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
+                         f"output.cache_dir={micro_zoo_cache}", override)
+    assert code == 2 and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- the trial alone
+def trial_settings(path: str, data_dir: Path, **training) -> dict:
+    from damoc.config.schema import ModelCompressionConfig, TrainingConfig
+
+    return {"mode": "proxy", "candidate": {"name": "c", "path": path},
+            "training": TrainingConfig.model_validate({"method": "full", "max_steps": 4, "batch_size": 4,
+                                                      "max_seq_length": 64, **training}).model_dump(mode="json"),
+            "model_compression": ModelCompressionConfig().model_dump(mode="json", by_alias=True),
+            "data_dir": str(data_dir), "task_type": "classification", "validation_rows": 8, "test_rows": 8,
+            "baselines": ["zero_shot"], "few_shot_k": 1, "rungs": 2, "reduction_factor": 2}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from damoc.config.schema import DataConfig
+    from damoc.data import load_data
+    from damoc.io import write_jsonl
+
+    data = load_data(DataConfig.model_validate({"source": "bundled:wordnet-lexcat",
+                                                "max_rows": {"train": 32, "validation": 8, "test": 8}}))
+    out = tmp_path_factory.mktemp("data")
+    for split, rows in data.splits.items():
+        write_jsonl(out / f"{split}.jsonl", rows)
+    return out
+
+
+def test_trial_reports_baselines_rungs_and_final(micro_zoo, small_data):
+    reports = []
+    result = run_trial(trial_settings(str(micro_zoo / "micro-qwen2-tiny-domain"), small_data), reports.append)
+    assert [r["status"] for r in reports] == ["baselines", "running", "running", "completed"]
+    assert [r["budget"] for r in reports] == [0, 1, 2, 2] and [r["step"] for r in reports] == [0, 2, 4, 4]
+    assert result["status"] == "ok" and result["steps"] == 4 and result["train_tokens"] > 0
+    assert json.loads(reports[-1]["result_json"])["test"] == result["test"]
+    assert "zero_shot" in result["baselines"] and all(math.isfinite(r["val_eval_loss"]) for r in reports)
+
+
+def test_trial_lora_trains_only_adapters(micro_zoo, small_data):
+    result = run_trial(trial_settings(str(micro_zoo / "micro-phi3-mixed"), small_data, method="lora"), lambda m: None)
+    assert result["status"] == "ok" and 0 < result["trainable_params"] < result["params"] / 2
+
+
+def test_trial_divergence_and_missing_model_fail_cleanly(micro_zoo, small_data, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A checkpoint with a NaN weight: its loss is NaN from the first step.
+    source = micro_zoo / "micro-qwen2-tiny-domain"
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "nan")
+    reports = []
+    diverged = run_trial(trial_settings(str(tmp_path / "nan"), small_data), reports.append)
+    assert diverged["status"] == "failed" and "training diverged" in diverged["error"]
+    assert reports[-1]["status"] == "failed"
+    missing = run_trial(trial_settings(str(tmp_path / "nothing"), small_data), lambda m: None)
+    assert missing["status"] == "failed" and "model path not found" in missing["error"]
+
+
+def test_trial_refuses_pickled_checkpoints(micro_zoo, small_data, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "pickled"
+    shutil.copytree(micro_zoo / "micro-qwen2-tiny-domain", ckpt)
+    (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")
+    result = run_trial(trial_settings(str(ckpt), small_data), lambda m: None)
+    assert result["status"] == "failed" and "no .safetensors weights" in result["error"]
+
+
+def test_rung_steps_are_geometric_and_end_at_the_budget():
+    assert rung_steps(40, 3, 2) == [10, 20, 40]
+    assert rung_steps(27, 3, 3) == [3, 9, 27]
+    assert rung_steps(5, 1, 2) == [5]
+
+
+def test_deepspeed_zero2_trial_on_cpu(micro_zoo, small_data):
+    """DeepSpeed ZeRO-2 on CPU/gloo in one in-process worker (local mode makes its own group)."""
+    import torch.distributed as dist
+
+    from damoc.trials.trial import run_trial_safely
+
+    reports = []
+    result = run_trial_safely(trial_settings(str(micro_zoo / "micro-qwen2-tiny-domain"), small_data,
+                                             deepspeed="zero2", gradient_accumulation_steps=2), reports.append)
+    assert result["status"] == "ok", result.get("error")
+    assert result["engine"] == "DeepSpeedEngine" and result["deepspeed"] == 2
+    assert result["steps"] == 4 and result["train_tokens"] > 0
+    assert not dist.is_initialized()  # the group it made for DeepSpeed is gone again
+
+
+def test_distributed_workers_with_asha(micro_zoo, micro_zoo_cache, tmp_path, monkeypatch):
+    """Two Ray Train workers per candidate (DDP on gloo) under ASHA: trials the scheduler stops
+    must release their workers, or the next trial would wait for resources forever."""
+    from damoc.pipeline import run_select
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+    data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
+    config = micro_config(tmp_path, micro_zoo_cache, "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
+                          candidates=data["candidates"][:4])
+    report = run_select(config)
+    statuses = {c["name"]: c["status"] for c in report["candidates"]}
+    assert "failed" not in statuses.values(), report["candidates"]
+    completed = [c for c in report["candidates"] if c["status"] == "ok"]
+    assert completed and all(c["workers"] == 2 for c in completed)
