@@ -168,7 +168,8 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
     for job in jobs:
         if fp.is_done(job.entry):
             result = fp.read_summary(job.entry)
-            outcomes[job.name] = TrialOutcome(job.name, "completed", result, result.get("history", []), cached=True)
+            status = result.get("trial_status", "completed")
+            outcomes[job.name] = TrialOutcome(job.name, status, result, result.get("history", []), cached=True)
         else:
             pending.append(job)
     if outcomes:
@@ -203,7 +204,12 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         grid = tuner.fit()
     for result in grid:
         candidate = result.config["candidate"]
-        outcomes[candidate] = _outcome(candidate, result, by_name[candidate])
+        outcome = _outcome(candidate, result, by_name[candidate])
+        if outcome.status == "stopped_early":
+            # A stopped trial is finished too: a re-run of the same selection reuses it.
+            write_trial_result(by_name[candidate].entry, {**outcome.result, "trial_status": "stopped_early",
+                                                         "history": outcome.history})
+        outcomes[candidate] = outcome
     return outcomes
 
 

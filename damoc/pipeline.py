@@ -98,6 +98,8 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "calibration_samples": compression.calibration_samples,
             "rungs": ranking.early_stopping.rungs,
             "reduction_factor": ranking.early_stopping.reduction_factor,
+            # Part of the key so that a trial stopped under one schedule is not reused under another.
+            "scheduler": [ranking.early_stopping.scheduler, ranking.early_stopping.grace] if mode == "proxy" else None,
             # Data-parallel workers change the effective batch, so they are part of the trial's key.
             "workers": max(1, config.cluster.workers_per_candidate),
         }

@@ -120,7 +120,7 @@ def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypa
     from damoc.pipeline import run_select
 
     _, config, first = selection
-    completed = {c["name"] for c in first["candidates"] if c["status"] == "ok"}
+    completed = {c["name"] for c in first["candidates"] if c["status"] in ("ok", "stopped_early")}
     ran = []
     real = orchestrate._trial
 
@@ -132,9 +132,11 @@ def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypa
     second = run_select(config.model_copy(update={"output": config.output.model_copy(update={"dir": str(tmp_path / "again")})}))
     again = {c["name"]: c for c in second["candidates"]}
     for name in completed:
-        assert again[name]["cached"] is True and again[name]["status"] == "ok"
-        assert again[name]["score"] == next(c["score"] for c in first["candidates"] if c["name"] == name)
+        before = next(c for c in first["candidates"] if c["name"] == name)
+        assert again[name]["cached"] is True and again[name]["status"] == before["status"]
+        assert again[name]["score"] == before["score"]
     assert not completed & set(ran)
+    assert second["ranking"] == first["ranking"]
 
 
 def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
@@ -270,3 +272,21 @@ def test_distributed_workers_with_asha(micro_zoo, micro_zoo_cache, tmp_path, mon
     assert "failed" not in statuses.values(), report["candidates"]
     completed = [c for c in report["candidates"] if c["status"] == "ok"]
     assert completed and all(c["workers"] == 2 for c in completed)
+
+
+def test_generation_trial_scores_rouge_and_bertscore(micro_zoo, tmp_path):
+    from damoc.config.schema import DataConfig
+    from damoc.data import load_data
+    from damoc.io import write_jsonl
+
+    data = load_data(DataConfig.model_validate({"source": "bundled:wordnet-defgen",
+                                                "max_rows": {"train": 32, "validation": 8, "test": 8}}))
+    for split, rows in data.splits.items():
+        write_jsonl(tmp_path / f"{split}.jsonl", rows)
+    settings = dict(trial_settings(str(micro_zoo / "micro-gemma-wide-general"), tmp_path, packing=True),
+                    task_type="generation")
+    result = run_trial(settings, lambda m: None)
+    assert result["status"] == "ok", result.get("error")
+    test = result["test"]
+    assert 0 <= test["rouge_l"] <= 1 and 0 <= test["bertscore"] <= 1 and test["eval_loss"] > 0
+    assert "accuracy" not in test
