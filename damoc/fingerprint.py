@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import damoc
 from damoc.io import write_json
@@ -102,6 +102,3 @@ def write_summary(entry: str | os.PathLike, summary: dict) -> None:
     """Written last: its presence marks the entry complete."""
     write_json(Path(entry) / "stage.json", summary)
 
-
-def digests(paths: Iterable[str | os.PathLike]) -> list[str]:
-    return [path_digest(p) for p in paths]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from damoc import fingerprint as fp
 from damoc.config import RunConfig, config_to_yaml
-from damoc.config.schema import CandidateConfig
 from damoc.data import LoadedData, prepare_data
 from damoc.data.compress import FILTERS, compress_data
 from damoc.data.inspect import inspect_data
@@ -173,6 +172,3 @@ def run_select(config: RunConfig) -> dict:
     write_report(out_dir, report, config=config, data=data, proxies=proxies, truth=truth, paths=paths)
     return report
 
-
-def candidate_by_name(config: RunConfig, name: str) -> CandidateConfig:
-    return next(c for c in config.candidates if c.display_name == name)

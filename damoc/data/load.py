@@ -27,6 +27,7 @@ from damoc.data.records import Record, RowError
 from damoc.errors import DataError
 from damoc.io import atomic_dir, write_jsonl
 from damoc.log import progress
+from damoc.tasks import DATA_DIR as TASKS_DATA_DIR
 
 log = logging.getLogger("damoc.data")
 
@@ -34,7 +35,7 @@ STAGE = "data"
 STAGE_VERSION = 1
 SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
                  "test": ("test", "testing")}
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "tasks" / "data"
+BUNDLED_DIR = TASKS_DATA_DIR
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
