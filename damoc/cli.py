@@ -87,6 +87,59 @@ def build_parser() -> argparse.ArgumentParser:
     smol.add_argument("--out", metavar="DIR", help="checkpoint directory (default: CACHE/models/smollm2-135m-instruct)")
     smol.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype to save")
     smol.set_defaults(handler=_cmd_zoo_import_smollm2)
+
+    model = commands.add_parser("model", parents=[common], help="compress a candidate model")
+    model_commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    prune = model_commands.add_parser(
+        "prune", parents=[common], help="drop the least important decoder layers (optionally merging them into kept ones)",
+        description="Measure each decoder layer's Block Influence on calibration rows, remove round(RATIO x layers) "
+                    "layers, optionally fold them into the kept layers by sparse merging, and write a plain Hugging "
+                    "Face checkpoint with importance.json (one entry per original layer) and importance.png to OUT.")
+    prune.add_argument("--model", required=True, metavar="PATH", help="checkpoint directory, hub id, or zoo:<size>/<name>")
+    prune.add_argument("--ratio", required=True, type=float, metavar="R", help="fraction of decoder layers to remove, in (0, 1)")
+    prune.add_argument("--mode", choices=["lowest_bi", "block"], default="lowest_bi",
+                       help="lowest_bi: the lowest-BI layers anywhere; block: the best contiguous block (default: lowest_bi)")
+    prune.add_argument("--merge", choices=["none", "linear", "ties", "dare", "dare_ties"], default="none",
+                       help="fold removed layers into kept ones (default: none)")
+    prune.add_argument("--density", type=float, default=0.5, metavar="D", help="fraction of each merge delta kept (default: 0.5)")
+    prune.add_argument("--lambda", dest="scale", type=float, default=1.0, metavar="L", help="weight of the merged delta (default: 1.0)")
+    prune.add_argument("--receiver", choices=["preceding", "following"], default="preceding",
+                       help="kept layer a removed one is folded into (default: the nearest preceding)")
+    prune.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and DARE (default: 0)")
+    prune.add_argument("--calibration", metavar="DATA", default="bundled:wordnet-defgen",
+                       help="calibration rows: file, directory, HF dataset id or bundled:<task> (default: bundled:wordnet-defgen)")
+    prune.add_argument("--samples", type=int, default=64, metavar="N", help="calibration rows drawn from the training split (default: 64)")
+    prune.add_argument("--max-length", type=int, default=256, metavar="T", help="tokens per calibration row (default: 256)")
+    prune.add_argument("--protect-first", action=argparse.BooleanOptionalAction, default=True, help="never remove the first layer (default: on)")
+    prune.add_argument("--protect-last", action=argparse.BooleanOptionalAction, default=True, help="never remove the last layer (default: on)")
+    prune.add_argument("--no-chat-template", action="store_true", help="format calibration rows as plain text even if the tokenizer has a chat template")
+    prune.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
+    prune.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    prune.set_defaults(handler=_cmd_model_prune)
+
+    curves = commands.add_parser("curves", parents=[common], help="rank models from fine-tuning loss curves (AtS)")
+    curves_commands = curves.add_subparsers(dest="curves_command", metavar="SUBCOMMAND", required=True)
+    curve_methods = "ats, ats_plus, rectified, vanilla, subtuning, zeroshot, size"
+    crank = curves_commands.add_parser(
+        "rank", parents=[common], help="predict each model's loss at a target budget and rank the models",
+        description="Fit each model's loss curve on the budgets <= --max-budget and rank the models by the "
+                    "loss predicted at --target (lowest first; for size, largest model first).")
+    crank.add_argument("--table", required=True, metavar="FILE.csv", help="curve table: config name, 0, 200, ..., size, family")
+    crank.add_argument("--max-budget", required=True, type=float, metavar="N", help="largest fine-tuning budget to use")
+    crank.add_argument("--target", required=True, type=float, metavar="N", help="budget to predict the loss at")
+    crank.add_argument("--method", default="ats", metavar="METHOD", help=f"{curve_methods} (default: ats)")
+    crank.add_argument("--json", action="store_true", help="print one JSON object")
+    crank.set_defaults(handler=_cmd_curves_rank)
+    ceval = curves_commands.add_parser(
+        "evaluate", parents=[common], help="PearCorr and RelAcc of every method at budget ratios 1/8 .. 1/512",
+        description="Score the rankers against the table's own --target column, fitting on budgets up to "
+                    "target x ratio for ratios 1/8 .. 1/512, as in the AtS paper.")
+    ceval.add_argument("--table", required=True, metavar="FILE.csv", help="curve table with a column for --target")
+    ceval.add_argument("--target", required=True, type=float, metavar="N", help="the budget whose losses are the truth")
+    ceval.add_argument("--method", action="append", metavar="METHOD",
+                       help=f"only this method (repeatable; default: all of {curve_methods})")
+    ceval.add_argument("--json", action="store_true", help="print JSON")
+    ceval.set_defaults(handler=_cmd_curves_evaluate)
     return parser
 
 
@@ -177,6 +230,36 @@ def _cmd_zoo_import_smollm2(args: argparse.Namespace) -> int:
 
     out = import_smollm2(args.out or default_smollm2_dir(), dtype=args.dtype)
     print(f"SmolLM2-135M-Instruct: {out}")
+    return 0
+
+
+def _cmd_model_prune(args: argparse.Namespace) -> int:
+    from damoc.models.compress import prune_checkpoint
+
+    info = prune_checkpoint(args.model, args.out, ratio=args.ratio, mode=args.mode, merge=args.merge,
+                            density=args.density, scale=args.scale, receiver=args.receiver, seed=args.seed,
+                            calibration=args.calibration, samples=args.samples, max_length=args.max_length,
+                            protect_first=args.protect_first, protect_last=args.protect_last,
+                            chat_template=not args.no_chat_template, trust_remote_code=args.trust_remote_code)
+    print(f"{args.model}: removed layers {info['removed']} of {info['layers']} ({info['method']}); "
+          f"parameters {info['params']:,} -> {info['params_kept']:,}")
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def _cmd_curves_rank(args: argparse.Namespace) -> int:
+    from damoc.ranking.curves import format_ranking, load_table, rank
+
+    result = rank(load_table(args.table), args.method, args.max_budget, args.target)
+    print(json.dumps(result) if args.json else format_ranking(result))
+    return 0
+
+
+def _cmd_curves_evaluate(args: argparse.Namespace) -> int:
+    from damoc.ranking.curves import evaluate, format_evaluation, load_table
+
+    result = evaluate(load_table(args.table), args.target, methods=args.method)
+    print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     return 0
 
 

@@ -220,7 +220,10 @@ def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:
     history = [{k: _plain(v) for k, v in row.items() if k in HISTORY_KEYS and not _nan(v)} for row in rows
                if row.get("status") == "running"]
     last = result.metrics or (rows[-1] if rows else {})
-    info = next((json.loads(row["info_json"]) for row in rows if isinstance(row.get("info_json"), str)), {})
+    info: dict = {}
+    for row in rows:  # baselines and size first, then the model compression, as the trial went
+        if isinstance(row.get("info_json"), str):
+            info.update(json.loads(row["info_json"]))
     if rows and isinstance(rows[-1].get("elapsed_s"), float):
         info["elapsed_s"] = rows[-1]["elapsed_s"]
     if fp.is_done(job.entry):

@@ -21,6 +21,7 @@ from damoc.fingerprint import default_cache_root
 from damoc.io import atomic_dir, write_jsonl, write_text
 from damoc.models.load import checkpoint_digest, parse_zoo_reference, resolve_model_path
 from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_trials
+from damoc.trials.trial import FAILED_LOSS
 from damoc.ranking.scores import resolve_metric
 
 log = logging.getLogger("damoc")
@@ -43,14 +44,11 @@ def check_supported(config: RunConfig) -> None:
         raise ConfigError("data_compression.token_compression.enabled: key-token compression is not implemented in this version")
     if dc.rewrite.enabled:
         raise ConfigError("data_compression.rewrite.enabled: rewriting is not implemented in this version")
-    for where, mc in [("model_compression", config.model_compression)] + [
-            (f"candidates.{i}.model_compression", config.model_compression_for(c)) for i, c in enumerate(config.candidates)]:
-        if mc.prune_ratio > 0 or mc.merge.method != "none":
-            raise ConfigError(f"{where}: layer pruning and merging are not implemented in this version (set prune_ratio: 0 and merge.method: none)")
     for candidate in config.candidates:
         parse_zoo_reference(candidate.model)
-    if config.ranking.method == "curve":
-        raise ConfigError("ranking.method 'curve' is not implemented in this version (available: final_score)")
+    if config.ranking.method == "curve" and config.ranking.early_stopping.rungs < 3:
+        raise ConfigError(f"ranking.method 'curve' needs at least 3 rungs (ranking.early_stopping.rungs is "
+                          f"{config.ranking.early_stopping.rungs}): a curve is fitted through the rung evaluations")
 
 
 # ------------------------------------------------------------------------------ data
@@ -94,7 +92,6 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
             "few_shot_k": ranking.few_shot_k,
             "bertscore_model": ranking.bertscore_model,
-            "calibration_samples": compression.calibration_samples,
             "rungs": ranking.early_stopping.rungs,
             "reduction_factor": ranking.early_stopping.reduction_factor,
             # Part of the key so that a trial stopped under one schedule is not reused under another.
@@ -102,7 +99,13 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             # Data-parallel workers change the effective batch, so they are part of the trial's key.
             "workers": max(1, config.cluster.workers_per_candidate),
         }
-        stable = {k: v for k, v in settings.items() if k not in ("data_dir",)}
+        if compression.prune_ratio > 0:
+            # The pruned checkpoint is its own cache entry: a trial re-run with other training
+            # settings (or after a crash) reuses it instead of measuring importance again.
+            settings["compressed_model_dir"] = str(fp.stage_dir(cache, "model-compressed", fp.fingerprint(
+                "model-compressed", _weights_digest(paths[name]), settings["model_compression"], data_key,
+                training.seed, training.max_seq_length, training.chat_template)))
+        stable = {k: v for k, v in settings.items() if k not in ("data_dir", "compressed_model_dir")}
         stable["candidate"] = {**settings["candidate"], "path": None}
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
@@ -118,6 +121,37 @@ def _weights_digest(path: str) -> str:
 
 def _resolve_candidates(config: RunConfig, cache: Path) -> dict[str, str]:
     return {c.display_name: resolve_model_path(c.model, cache_root=cache) for c in config.candidates}
+
+
+# ------------------------------------------------------------------------------ curves
+def _curve_ranking(config: RunConfig, proxies: dict, full_train_rows: int) -> dict | None:
+    """With ranking.method 'curve': each proxy's validation loss at its rungs, as a curve over
+    training examples seen (steps x batch x accumulation x workers), extrapolated to the examples
+    the ground-truth fine-tuning on the full data would see. One run evaluated at several budgets
+    stands in for AtS's separate fine-tunes per budget: far cheaper, the same shape of data."""
+    if config.ranking.method != "curve":
+        return None
+    from damoc.ranking.curves import rank_curves
+    from damoc.trials.finetune import optimizer_steps
+
+    workers = max(1, config.cluster.workers_per_candidate)
+    curves, targets = {}, {}
+    for candidate in config.candidates:
+        name = candidate.display_name
+        outcome = proxies[name]
+        if outcome.status == "failed":
+            continue
+        proxy = config.training_for(candidate)
+        per_step = proxy.batch_size * proxy.gradient_accumulation_steps * workers
+        curves[name] = [(h["step"] * per_step, h["val_eval_loss"]) for h in outcome.history
+                        if h.get("step") and isinstance(h.get("val_eval_loss"), (int, float))
+                        and h["val_eval_loss"] < FAILED_LOSS]
+        full = config.ground_truth_training_for(candidate)
+        full_steps = optimizer_steps(full_train_rows, epochs=full.epochs, batch_size=full.batch_size,
+                                     accumulation=full.gradient_accumulation_steps, world_size=workers,
+                                     max_steps=full.max_steps)
+        targets[name] = full_steps * full.batch_size * full.gradient_accumulation_steps * workers
+    return rank_curves(curves, config.ranking.curve_method, targets)
 
 
 # ------------------------------------------------------------------------------ the job
@@ -165,9 +199,10 @@ def run_select(config: RunConfig) -> dict:
 
             ray.shutdown()
 
+    curves = _curve_ranking(config, proxies, len(data.splits["train"]))
     wall["total"] = time.perf_counter() - started
     report = build_report(config, data=data, data_stats=inspect_data(data), compression=compression_info,
-                          metric=metric, proxies=proxies, truth=truth, paths=paths, wall=wall)
+                          metric=metric, proxies=proxies, truth=truth, paths=paths, wall=wall, curves=curves)
     write_text(out_dir / "config.yaml", config_to_yaml(config))
     write_report(out_dir, report, config=config, data=data, proxies=proxies, truth=truth, paths=paths)
     return report

@@ -156,7 +156,9 @@ def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("model_compression.prune_ratio=0.25", "layer pruning and merging are not implemented"),
+    ("data_compression.token_compression.enabled=true", "key-token compression is not implemented"),
+    ("model_compression.prune_ratio=1.0", "model_compression.prune_ratio"),
+    ("model_compression.merge.method=average", "model_compression.merge.method"),
     ("data_compression.filter.method=dq", "filter.method 'dq' is not implemented"),
     ("candidates.0.model=zoo:micro/nope", "no candidate 'nope' in the micro zoo"),
 ])
@@ -165,6 +167,71 @@ def test_unsupported_or_bad_settings_exit_2_before_any_work(micro_zoo_cache, tmp
                          f"output.cache_dir={micro_zoo_cache}", override)
     assert code == 2 and fragment in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_pruned_proxies_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path):
+    """Pruning and merging run inside each candidate's trial, on its compressed training rows; the
+    pruned checkpoint is cached and reused when the trial itself must re-run."""
+    from damoc.pipeline import run_select
+
+    candidates = ["zoo:micro/micro-llama-deep-domain", "zoo:micro/micro-phi3-mixed", "zoo:micro/micro-qwen2-tiny-domain"]
+    config = micro_config(tmp_path, micro_zoo_cache, "model_compression.prune_ratio=0.25",
+                          "model_compression.merge.method=ties", "model_compression.calibration_samples=16",
+                          "ranking.early_stopping.scheduler=none", "ranking.baselines=[zero_shot]", candidates=candidates)
+    report = run_select(config)
+    by_name = {c["name"]: c for c in report["candidates"]}
+    assert all(c["status"] == "ok" for c in by_name.values())
+    llama, phi3, qwen2 = (by_name[n] for n in ("micro-llama-deep-domain", "micro-phi3-mixed", "micro-qwen2-tiny-domain"))
+    assert (llama["layers"], llama["layers_kept"]) == (8, 6) and len(llama["model_compression"]["removed"]) == 2
+    assert (phi3["layers"], phi3["layers_kept"]) == (4, 3)
+    assert qwen2["layers_kept"] == 2 and qwen2["model_compression"] is None  # round(0.25 x 2) = 0
+    assert llama["model_compression"]["params_kept"] < llama["params"]
+    assert len(llama["model_compression"]["block_influence"]) == 8
+    # Proxy compute is counted on the pruned model.
+    assert llama["train_flops"] == 6 * llama["model_compression"]["params_kept"] * llama["train_tokens"]
+    assert "## Model compression" in (tmp_path / "out" / "report.md").read_text()
+    entries = sorted((micro_zoo_cache / "model-compressed").iterdir())
+    assert len(entries) == 2 and all((e / "importance.json").is_file() and (e / "stage.json").is_file() for e in entries)
+
+    # Another learning rate re-runs the trials but not the pruning.
+    again = run_select(config.model_copy(update={
+        "training": config.training.model_copy(update={"learning_rate": 2e-3}),
+        "output": config.output.model_copy(update={"dir": str(tmp_path / "again")})}))
+    llama2 = next(c for c in again["candidates"] if c["name"] == "micro-llama-deep-domain")
+    assert llama2["cached"] is False and llama2["model_compression"]["cached"] is True
+    assert llama2["model_compression"]["removed"] == llama["model_compression"]["removed"]
+    assert sorted((micro_zoo_cache / "model-compressed").iterdir()) == entries
+
+
+def test_curve_ranking_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path, cli):
+    """ranking.method curve: validation loss at every rung, extrapolated to the full budget; the
+    curve table round-trips through `damoc curves rank` to the same ranking."""
+    from damoc.pipeline import run_select
+
+    candidates = ["zoo:micro/micro-qwen2-tiny-domain", "zoo:micro/micro-phi3-mixed", "zoo:micro/micro-mistral-wide-code"]
+    config = micro_config(tmp_path, micro_zoo_cache, "ranking.method=curve", "ranking.early_stopping.scheduler=none",
+                          "ranking.early_stopping.rungs=4", "ranking.baselines=[size]", candidates=candidates)
+    report = run_select(config)
+    curves = report["curves"]
+    assert report["ranking_method"] == "curve" and curves["method"] == "ats"
+    # 8 proxy steps x batch 8, evaluated at steps 1, 2, 4, 8; the target is the ground truth's
+    # 16 steps x batch 8 (jobs/micro.yaml).
+    assert all(c["budgets"] == [8, 16, 32, 64] for c in curves["curves"].values())
+    assert set(curves["targets"].values()) == {128}
+    assert report["ranking"] == sorted(curves["predicted"], key=curves["predicted"].get)
+    assert report["baselines"]["final_score"]["ranking"] and "size" in report["baselines"]
+    out = tmp_path / "out"
+    assert (out / "fitted_curves.png").stat().st_size > 0 and "## Learning curves (ats)" in (out / "report.md").read_text()
+    code, stdout, err = cli("curves", "rank", "--table", str(out / "curve_table.csv"), "--max-budget", "64",
+                            "--target", "128", "--method", "ats", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["ranking"] == report["ranking"]
+
+
+def test_curve_ranking_needs_three_rungs(micro_zoo_cache, tmp_path, cli):
+    code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
+                         f"output.cache_dir={micro_zoo_cache}", "ranking.method=curve", "ranking.early_stopping.rungs=2")
+    assert code == 2 and "needs at least 3 rungs" in err and not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------- the trial alone

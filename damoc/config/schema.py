@@ -102,6 +102,7 @@ class MergeConfig(Section):
     density: float = Field(0.5, gt=0, le=1, description="Fraction of each task-vector delta kept when sparsifying.")
     scale: float = Field(1.0, alias="lambda", description="lambda: weight of the merged delta added to the receiving layer.")
     seed: int = Field(0, description="Seed for DARE's random drop.")
+    receiver: Literal["preceding", "following"] = Field("preceding", description="Which kept layer a removed layer is folded into: the nearest preceding one (the nearest following one when none precedes), or the reverse.")
 
 
 class ModelCompressionConfig(Section):
@@ -186,7 +187,8 @@ class EarlyStoppingConfig(Section):
 
 class RankingConfig(Section):
     metric: Literal["auto", "accuracy", "gold_logprob", "rouge_l", "bertscore", "eval_loss"] = Field("auto", description="Score that ranks candidates; auto: accuracy for classification, ROUGE-L for generation. gold_logprob (classification: the gold option's log-probability among the options) still separates short proxies whose accuracy has not left the label prior.")
-    method: Literal["final_score", "curve"] = Field("final_score", description="Rank by the proxy's final score, or by its loss curve extrapolated to the full data size.")
+    method: Literal["final_score", "curve"] = Field("final_score", description="Rank by the proxy's final score, or by its validation-loss curve over the halving rungs extrapolated to the full fine-tuning budget (examples the ground-truth run would see).")
+    curve_method: Literal["ats", "ats_plus", "rectified", "vanilla", "subtuning"] = Field("ats", description="With method: curve, how curves are extrapolated: AtS (log-log line on the power phase), damoc's budget-weighted AtS+, the rectified or vanilla scaling law, or SubTuning (the last loss). AtS needs at least 3 rungs.")
     baselines: list[Literal["zero_shot", "few_shot", "size"]] = Field(default_factory=lambda: ["zero_shot", "few_shot", "size"], description="Baseline rankings computed in the same run.")
     few_shot_k: int = Field(3, ge=1, description="Examples in the few-shot prompt.")
     ground_truth: Literal["none", "full_ft"] = Field("none", description="full_ft also fine-tunes every uncompressed candidate on the full data and reports agreement.")

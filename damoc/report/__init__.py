@@ -41,8 +41,16 @@ def _zoo_manifest(path: str) -> dict:
 
 
 def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compression: dict, metric: str,
-                 proxies: dict, truth: Optional[dict], paths: dict[str, str], wall: dict[str, float]) -> dict:
+                 proxies: dict, truth: Optional[dict], paths: dict[str, str], wall: dict[str, float],
+                 curves: Optional[dict] = None) -> dict:
     ranking_rows = proxy_ranking(proxies, metric)
+    final_score_ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
+    if curves is not None:
+        # Extrapolated curves first (lowest predicted loss); a candidate without any rung
+        # evaluation follows in final-score order; failed ones stay unranked.
+        order = curves["ranking"] + [n for n in final_score_ranking if n not in curves["ranking"]]
+        ranking_rows = [{"name": n, "rank": i} for i, n in enumerate(order, start=1)] + \
+                       [row for row in ranking_rows if row["rank"] is None]
     ranks = {row["name"]: row["rank"] for row in ranking_rows}
     candidates = []
     sizes: dict[str, int] = {}
@@ -68,6 +76,7 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
             "architecture": result.get("architecture") or zoo.get("architecture"),
             "params": params, "layers": result.get("layers") or zoo.get("layers"),
             "layers_kept": result.get("layers_kept"),
+            "model_compression": _compression_summary(result.get("compression")),
             "status": status, "error": outcome.error or result.get("error"),
             "score": score, "score_on": score_on, "rank": ranks.get(name),
             "test": result.get("test"), "baselines": result.get("baselines"),
@@ -78,6 +87,7 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
             "workers": result.get("workers"), "engine": result.get("engine"), "deepspeed_stage": result.get("deepspeed"),
             "wall_s": result.get("wall_s") or ({"total": round(result["elapsed_s"], 2)} if "elapsed_s" in result else None),
             "cached": outcome.cached,
+            "curve_predicted_loss": (curves or {}).get("predicted", {}).get(name),
             "history": outcome.history,
         }
         if truth is not None:
@@ -89,6 +99,8 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
 
     ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
     baselines = baseline_rankings(proxies, metric, sizes, config.ranking.baselines)
+    if curves is not None:  # what the usual ranking would have said, for comparison
+        baselines = {"final_score": {"ranking": final_score_ranking, "metric": metric}, **baselines}
     report = {
         "damoc_version": damoc.__version__, "report_version": REPORT_VERSION, "run": config.name,
         "task": {"source": str(config.data.source), "type": data.task_type, "rows": data_stats["rows"],
@@ -97,10 +109,13 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         "candidates": candidates, "ranking": ranking,
         "winner": ranking[0] if ranking else None,
         "baselines": baselines,
+        "ranking_method": config.ranking.method,
         "data_compression": compression,
         "early_stopping": config.ranking.early_stopping.model_dump(),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
     }
+    if curves is not None:
+        report["curves"] = curves
     if truth is not None:
         truth_scores = {n: o.result["test"][metric] for n, o in truth.items() if o.status == "completed"}
         report["ground_truth"] = {"ranking": sorted(truth_scores, key=lambda n: (-truth_scores[n] if METRICS[metric] else truth_scores[n], n)),
@@ -111,6 +126,17 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         report["agreement"] = agreement
     report["cost"] = _cost(candidates, wall, truth is not None)
     return _round(report)
+
+
+def _compression_summary(compression: Optional[dict]) -> Optional[dict]:
+    """What the report keeps of a trial's model compression: removed layers, merges and the
+    per-layer Block Influence."""
+    if not compression or not compression.get("removed"):
+        return None
+    keys = ("method", "removed", "merges", "params", "params_kept", "layer_params", "layer_params_kept", "cached")
+    out = {k: compression.get(k) for k in keys if k in compression}
+    out["block_influence"] = [e["block_influence"] for e in compression.get("importance", [])]
+    return out
 
 
 def _cost(candidates: list[dict], wall: dict[str, float], with_truth: bool) -> dict:
@@ -147,6 +173,15 @@ def write_report(out_dir: Path, report: dict, *, config: RunConfig, data: Loaded
     figures = {"curves": plot_curves(report, out_dir / "curves.png")}
     if truth is not None:
         figures["proxy_vs_truth"] = plot_proxy_vs_truth(report, out_dir / "proxy_vs_truth.png")
+    if report.get("curves"):
+        from damoc.ranking.curves import curve_table_csv
+        from damoc.report.plots import plot_fitted_curves
+
+        figures["fitted_curves"] = plot_fitted_curves(report, out_dir / "fitted_curves.png")
+        table = curve_table_csv(report["curves"]["curves"])
+        if table is not None:
+            write_text(out_dir / "curve_table.csv", table)
+            report["curves"]["table"] = "curve_table.csv"
     if report["winner"]:
         report["winner_configs"] = write_winner_configs(out_dir / "winner", report, config=config, data=data,
                                                         path=paths[report["winner"]])
@@ -184,6 +219,26 @@ def format_markdown(report: dict) -> str:
         out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
                    f"{c['layers_kept'] or ''}/{c['layers'] or ''} | {c['train_tokens'] or ''} | "
                    f"{c['train_flops'] or ''} | {(c.get('wall_s') or {}).get('total', '')} |")
+    pruned = [c for c in report["candidates"] if c.get("model_compression")]
+    if pruned:
+        out += ["", "## Model compression", "", "| candidate | method | removed layers | merged into | params kept |",
+                "|---|---|---|---|---|"]
+        for c in pruned:
+            mc = c["model_compression"]
+            merged = "; ".join(f"{m['merged']} -> {m['receiver']}" for m in mc.get("merges") or []) or "-"
+            out.append(f"| {c['name']} | {mc['method']} | {mc['removed']} | {merged} | "
+                       f"{mc.get('params_kept')}/{mc.get('params')} |")
+    curves = report.get("curves")
+    if curves:
+        out += ["", f"## Learning curves ({curves['method']})", "",
+                "Ranked by validation loss extrapolated to the full fine-tuning budget (`fitted_curves.png`"
+                + (", `curve_table.csv`" if curves.get("table") else "") + ").", "",
+                "| candidate | budgets (examples) | losses | target | predicted loss | note |", "|---|---|---|---|---|---|"]
+        for name in curves["ranking"]:
+            c = curves["curves"][name]
+            out.append(f"| {name} | {', '.join(str(int(b)) for b in c['budgets'])} | "
+                       f"{', '.join(f'{l:.4f}' for l in c['losses'])} | {int(curves['targets'][name])} | "
+                       f"{curves['predicted'][name]:.4f} | {(curves.get('fallbacks') or {}).get(name, '')} |")
     out += ["", "## Baselines", "", "| method | ranking |", "|---|---|"]
     out.append(f"| damoc | {', '.join(report['ranking'])} |")
     for method, b in report["baselines"].items():

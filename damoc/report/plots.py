@@ -62,3 +62,32 @@ def plot_proxy_vs_truth(report: dict, path: Path) -> Optional[Path]:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_fitted_curves(report: dict, path: Path) -> Optional[Path]:
+    """With ranking.method 'curve': each candidate's measured validation losses (points) and its
+    fitted curve extrapolated to the target budget (line, log-log axes), target marked."""
+    curves = report.get("curves") or {}
+    if not curves.get("curves"):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, measured in curves["curves"].items():
+        line = ax.plot(measured["budgets"], measured["losses"], "o")[0]
+        fit = curves["fitted"].get(name)
+        if fit:
+            ax.plot(fit["budgets"], fit["losses"], "-", color=line.get_color(),
+                    label=f"{name}: {curves['predicted'][name]:.3f}")
+    for target in sorted(set(curves["targets"].values())):
+        ax.axvline(target, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel("validation loss")
+    ax.set_title(f"Loss curves extrapolated to the full budget ({curves['method']})")
+    ax.legend(fontsize=7, title="predicted loss at target", title_fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

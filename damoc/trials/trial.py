@@ -111,12 +111,39 @@ def rung_steps(total_steps: int, rungs: int, reduction_factor: int = 2) -> list[
     return [max(1, round(total_steps / reduction_factor ** (rungs - 1 - i))) for i in range(rungs)]
 
 
+def _compressed_model(model, tokenizer, settings: dict, train: list, fmt, training: dict, rank: int, device):
+    """The candidate's pruned (and merged) proxy, computed on this trial's resources from its own
+    (compressed) training rows, or loaded from the cache entry a finished trial left. Rank 0
+    writes the entry; other ranks compute the same deterministic result themselves."""
+    from damoc import fingerprint as fp
+    from damoc.config.schema import ModelCompressionConfig
+    from damoc.models.compress import (COMPRESSION_FILE, IMPORTANCE_FILE, calibration_rows, compress_model,
+                                       save_compressed)
+    from damoc.models.load import load_candidate
+
+    cfg = ModelCompressionConfig.model_validate(settings["model_compression"])
+    entry = settings.get("compressed_model_dir")
+    name = settings["candidate"]["name"]
+    if entry and fp.is_done(entry):
+        cached, _ = load_candidate(entry, trust_remote_code=settings["candidate"].get("trust_remote_code", False))
+        info = json.loads((Path(entry) / COMPRESSION_FILE).read_text(encoding="utf-8"))
+        info["importance"] = json.loads((Path(entry) / IMPORTANCE_FILE).read_text(encoding="utf-8"))
+        info["cached"] = True
+        log.info("trial %s: pruned checkpoint from the cache (%s)", name, entry)
+        return cached.to(device), info
+    rows = calibration_rows(train, cfg.calibration_samples, seed=training["seed"])
+    model, info = compress_model(model, cfg, rows, tokenizer=tokenizer, fmt=fmt, max_length=training["max_seq_length"],
+                                 name=name)
+    if entry and rank == 0 and info["removed"]:
+        save_compressed(model, tokenizer, info, entry, title=f"{name}: Block Influence (red: removed)")
+        fp.write_summary(entry, {"stage": "model-compressed", "candidate": name, "removed": info["removed"]})
+    return model, info
+
+
 def run_trial(settings: dict, report: Report) -> dict:
     """Run one candidate's trial. Returns the result (rank 0), or {} on other ranks."""
     import torch
 
-    from damoc.config.schema import ModelCompressionConfig
-    from damoc.models.compress import compress_model
     from damoc.models.load import CandidateError, load_candidate
     from damoc.trials.evaluate import evaluate_records
     from damoc.trials.finetune import finetune, optimizer_steps
@@ -178,8 +205,9 @@ def run_trial(settings: dict, report: Report) -> dict:
 
     t = time.perf_counter()
     try:
-        model, compression = compress_model(model, ModelCompressionConfig.model_validate(settings["model_compression"]),
-                                            calibration=train[:settings.get("calibration_samples", 64)])
+        model, compression = _compressed_model(model, tokenizer, settings, train, fmt, training, rank, device)
+    except CandidateError as e:
+        return fail(f"model compression failed: {e}")
     except Exception as e:  # noqa: BLE001 - a candidate the compressor cannot handle fails alone
         return fail(f"model compression failed: {type(e).__name__}: {e}")
     wall["model_compression"] = time.perf_counter() - t
@@ -208,7 +236,10 @@ def run_trial(settings: dict, report: Report) -> dict:
         if rank == 0:
             scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False, **evaluate)
             metrics.update({f"val_{k}": v for k, v in scores.items() if k != "rows"})
-            history.append(metrics)
+            if not history:  # so that a trial the scheduler stops still shows its compression
+                metrics["info_json"] = json.dumps({k: result[k] for k in ("layers", "layers_kept", "proxy_params",
+                                                                          "compression")}, default=_json_default)
+            history.append({k: v for k, v in metrics.items() if k != "info_json"})
             log.info("trial %s: step %d/%d val loss %.4f", candidate["name"], step, steps, metrics["val_eval_loss"])
         report(metrics)
 
