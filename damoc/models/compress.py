@@ -182,18 +182,13 @@ def save_compressed(model, tokenizer, info: dict, out_dir: str | Path, *, title:
 
 def plot_importance(entries: Sequence[dict], path: str | Path, *, title: Optional[str] = None) -> Path:
     """Bar chart of Block Influence per layer; removed layers in a second colour."""
-    import matplotlib
+    from damoc.report.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(entries) + 2), 3.2))
     colours = ["#d62728" if e["removed"] else "#1f77b4" for e in entries]
     ax.bar([e["layer"] for e in entries], [e["block_influence"] for e in entries], color=colours)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("Block Influence (1 - cos)")
     ax.set_title(title or "layer importance (red: removed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, Path(path))

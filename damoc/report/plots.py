@@ -8,7 +8,7 @@ from typing import Optional
 from damoc.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,9 +17,19 @@ def _pyplot():
     return plt
 
 
+def save_png(fig, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and free the figure."""
+    plt = pyplot()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_curves(report: dict, path: Path) -> Optional[Path]:
     """Validation loss at each halving rung, per candidate (stopped trials end early)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for c in report["candidates"]:
@@ -35,16 +45,12 @@ def plot_curves(report: dict, path: Path) -> Optional[Path]:
     ax.set_ylabel("validation loss (response tokens)")
     ax.set_title("Proxy fine-tuning curves")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_proxy_vs_truth(report: dict, path: Path) -> Optional[Path]:
     """Proxy score against the ground-truth (full fine-tuning) score, one point per candidate."""
-    plt = _pyplot()
+    plt = pyplot()
     metric = report["metric"]
     points = [(c["score"], c["ground_truth"]["test"][metric], c["name"]) for c in report["candidates"]
               if c["score"] is not None and c["score_on"] == "test" and (c.get("ground_truth") or {}).get("test")]
@@ -57,11 +63,7 @@ def plot_proxy_vs_truth(report: dict, path: Path) -> Optional[Path]:
     ax.set_xlabel(f"proxy {metric}")
     ax.set_ylabel(f"full fine-tuning {metric}")
     ax.set_title("Proxy vs ground truth")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_fitted_curves(report: dict, path: Path) -> Optional[Path]:
@@ -70,7 +72,7 @@ def plot_fitted_curves(report: dict, path: Path) -> Optional[Path]:
     curves = report.get("curves") or {}
     if not curves.get("curves"):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, measured in curves["curves"].items():
         line = ax.plot(measured["budgets"], measured["losses"], "o")[0]
@@ -86,8 +88,4 @@ def plot_fitted_curves(report: dict, path: Path) -> Optional[Path]:
     ax.set_ylabel("validation loss")
     ax.set_title(f"Loss curves extrapolated to the full budget ({curves['method']})")
     ax.legend(fontsize=7, title="predicted loss at target", title_fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
