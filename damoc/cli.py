@@ -55,8 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--update", metavar="FILE", help="rewrite the generated reference block in FILE (e.g. README.md) instead of printing")
     docs.set_defaults(handler=_cmd_config_docs)
 
-    data = commands.add_parser("data", parents=[common], help="inspect datasets")
+    data = commands.add_parser("data", parents=[common], help="inspect and compress datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    dcompress = data_commands.add_parser(
+        "compress", parents=[common], help="run the data-compression stage of a config alone",
+        description="Filter, compress tokens and rewrite the training rows as `damoc select` would; write "
+                    "OUTPUT/data/{train,validation,test}.parquet and stats.json (cached like select's stage).")
+    dcompress.add_argument("config", help="run config (YAML)")
+    dcompress.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                           help="config overrides, e.g. data_compression.filter.method=dq")
+    dcompress.set_defaults(handler=_cmd_data_compress)
+    methods = data_commands.add_parser("methods", parents=[common], help="list the filtering methods and their parameters")
+    methods.add_argument("--json", action="store_true", help="print JSON")
+    methods.set_defaults(handler=_cmd_data_methods)
     inspect = data_commands.add_parser(
         "inspect", parents=[common], help="row counts, splits, label balance and length percentiles",
         description="Load SOURCE (file, directory, HF dataset id or bundled:<task>) as damoc would and print "
@@ -222,6 +233,31 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
     out = build_zoo(args.size, args.out, workers=args.workers)
     print(format_manifest(json.loads((out / "zoo.json").read_text())))
     print(f"zoo: {out}")
+    return 0
+
+
+def _cmd_data_compress(args: argparse.Namespace) -> int:
+    from damoc.config import load_config
+    from damoc.data.compress import format_stats
+    from damoc.pipeline import run_data_compression
+
+    config = load_config(args.config, args.overrides)
+    out, stats = run_data_compression(config)
+    print(format_stats(stats))
+    print(f"compressed data: {out}/train.parquet (validation, test beside it); stats: {out}/stats.json")
+    return 0
+
+
+def _cmd_data_methods(args: argparse.Namespace) -> int:
+    from damoc.data.filters import FILTERS
+
+    if args.json:
+        print(json.dumps({m.name: {"title": m.title, "paradigm": m.paradigm, "reference": m.reference,
+                                   "summary": m.summary, "params": m.params} for m in FILTERS.values()}, indent=2))
+        return 0
+    for m in FILTERS.values():
+        params = ", ".join(f"{k}={v}" for k, v in m.params.items()) or "-"
+        print(f"{m.name:<15}{m.paradigm:<20}{m.summary}\n{'':<35}params: {params}" + (f"; {m.reference}" if m.reference else ""))
     return 0
 
 

@@ -7,18 +7,19 @@ config reuses finished work; every stage's wall time is recorded for the report'
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from damoc import fingerprint as fp
 from damoc.config import RunConfig, config_to_yaml
-from damoc.data import LoadedData, prepare_data
-from damoc.data.compress import FILTERS, compress_data
+from damoc.data import LoadedData, prepare_data, read_canonical
+from damoc.data.compress import write_parquet
 from damoc.data.inspect import inspect_data
 from damoc.errors import ConfigError
 from damoc.fingerprint import default_cache_root
-from damoc.io import atomic_dir, write_jsonl, write_text
+from damoc.io import atomic_dir, write_json, write_jsonl, write_text
 from damoc.models.load import checkpoint_digest, parse_zoo_reference, resolve_model_path
 from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_trials
 from damoc.trials.trial import FAILED_LOSS
@@ -36,14 +37,10 @@ def cache_root(config: RunConfig) -> Path:
 
 
 def check_supported(config: RunConfig) -> None:
-    """Refuse settings whose stage this version does not implement, before any work starts."""
-    dc = config.data_compression
-    if dc.filter.method not in FILTERS:
-        raise ConfigError(f"data_compression.filter.method '{dc.filter.method}' is not implemented in this version (available: {', '.join(FILTERS)})")
-    if dc.token_compression.enabled:
-        raise ConfigError("data_compression.token_compression.enabled: key-token compression is not implemented in this version")
-    if dc.rewrite.enabled:
-        raise ConfigError("data_compression.rewrite.enabled: rewriting is not implemented in this version")
+    """Refuse settings that cannot run, before any work starts."""
+    from damoc.data.compress import check_scorer_models
+
+    check_scorer_models(config.data_compression, cache_root(config))
     for candidate in config.candidates:
         parse_zoo_reference(candidate.model)
     if config.ranking.method == "curve" and config.ranking.early_stopping.rungs < 3:
@@ -52,17 +49,53 @@ def check_supported(config: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------------------ data
-def _compressed_entry(config: RunConfig, data: LoadedData, cache: Path) -> tuple[Path, dict]:
-    """The compressed data as a cache entry of canonical JSONL (what trials read)."""
-    key = fp.fingerprint("data-compressed", data.fingerprint, config.data_compression, config.training.seed)
+def compressed_entry(config: RunConfig, data: LoadedData, cache: Path,
+                     candidate_tokenizers: dict[str, str] | None = None) -> tuple[Path, dict]:
+    """The compressed data as a cache entry: canonical JSONL per split (what trials read),
+    train.parquet and stats.json. Per-candidate token counts are measured on every call (cheap),
+    so a cached entry still reports the tokenizers of this run's candidates."""
+    from damoc.data.compress import compress_data, stage_fingerprint, token_counts
+
+    dc = config.data_compression
+    key = stage_fingerprint(dc, data.fingerprint, config.training.seed, cache)
     entry = fp.stage_dir(cache, "data-compressed", key)
     if not fp.is_done(entry):
-        compressed, info = compress_data(data, config.data_compression, seed=config.training.seed)
+        started_ray = _ray_for_data(config)
+        try:
+            compressed, stats = compress_data(data, dc, seed=config.training.seed, cache_root=cache)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
         with atomic_dir(entry) as tmp:
             for split, records in compressed.splits.items():
                 write_jsonl(tmp / f"{split}.jsonl", records)
-            fp.write_summary(tmp, {**info, "fingerprint": key})
-    return entry, fp.read_summary(entry)
+            write_parquet(tmp / "train.parquet", compressed.splits["train"])
+            write_json(tmp / "stats.json", stats)
+            fp.write_summary(tmp, {"fingerprint": key, "rows_in": stats["rows_in"], "rows_out": stats["rows_out"]})
+    stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
+    stats["fingerprint"] = key
+    if candidate_tokenizers:
+        per = token_counts(data.splits["train"], read_canonical(entry / "train.jsonl"), candidate_tokenizers)
+        stats["per_candidate"] = per
+        usable = [name for name, counts in per.items() if "error" not in counts]
+        if stats.get("tokenizer") == "whitespace" and usable:
+            # No scorer LM in this run: the headline counts are the first candidate's tokens.
+            first = per[usable[0]]
+            stats.update(tokenizer=f"candidate:{usable[0]}", tokens_in=first["tokens_in"],
+                         tokens_out=first["tokens_out"], token_fields=first["fields"])
+    return entry, stats
+
+
+def _ray_for_data(config: RunConfig) -> bool:
+    """Start (or connect to) Ray when the data stage will run scorers on Ray Data."""
+    from damoc.data.filters import NEEDS
+
+    dc = config.data_compression
+    if dc.engine != "ray_data" or not (NEEDS[dc.filter.method] or dc.tokens.enabled):
+        return False
+    return init_ray(config)
 
 
 def _full_entry(data: LoadedData, cache: Path) -> Path:
@@ -154,6 +187,30 @@ def _curve_ranking(config: RunConfig, proxies: dict, full_train_rows: int) -> di
     return rank_curves(curves, config.ranking.curve_method, targets)
 
 
+# ------------------------------------------------------------------------------ data compression alone
+def run_data_compression(config: RunConfig) -> tuple[Path, dict]:
+    """`damoc data compress`: the data stage of `config` alone (same cache entry as select), written
+    to OUTPUT/data/ as Parquet per split plus stats.json, atomically."""
+    from damoc.data.compress import write_parquet as parquet
+
+    check_supported(config)
+    cache = cache_root(config)
+    data = prepare_data(config.data, cache)
+    # Candidates' tokenizers are measured when they are at hand; a zoo is not built just for that.
+    paths = {}
+    for c in config.candidates:
+        path = resolve_model_path(c.model, cache_root=cache, build_missing_zoo=False)
+        if not c.model.startswith("zoo:") or Path(path).is_dir():
+            paths[c.display_name] = path
+    entry, stats = compressed_entry(config, data, cache, paths)
+    out = Path(config.output.dir) / "data"
+    with atomic_dir(out) as tmp:
+        for split in data.splits:
+            parquet(tmp / f"{split}.parquet", read_canonical(entry / f"{split}.jsonl"))
+        write_json(tmp / "stats.json", stats)
+    return out, stats
+
+
 # ------------------------------------------------------------------------------ the job
 def run_select(config: RunConfig) -> dict:
     """Run the selection; write OUTPUT/report.json (and report.md, plots, winner configs)."""
@@ -168,21 +225,21 @@ def run_select(config: RunConfig) -> dict:
     t = time.perf_counter()
     data = prepare_data(config.data, cache)
     wall["data"] = time.perf_counter() - t
-    t = time.perf_counter()
-    data_dir, compression_info = _compressed_entry(config, data, cache)
-    wall["data_compression"] = time.perf_counter() - t
     metric = resolve_metric(config.ranking.metric, data.task_type)
     if metric in ("accuracy", "gold_logprob") and data.task_type != "classification":
         raise ConfigError(f"ranking.metric {metric} needs a classification task; {config.data.source} is {data.task_type}")
     if metric in ("rouge_l", "bertscore") and data.task_type != "generation":
         raise ConfigError(f"ranking.metric {metric} needs a generation task; {config.data.source} is {data.task_type}")
-
     t = time.perf_counter()
     paths = _resolve_candidates(config, cache)
     wall["candidates"] = time.perf_counter() - t
 
+    # One Ray session for the data stage (Ray Data scorers) and the trials.
     started_ray = init_ray(config)
     try:
+        t = time.perf_counter()
+        data_dir, compression_info = compressed_entry(config, data, cache, paths)
+        wall["data_compression"] = time.perf_counter() - t
         t = time.perf_counter()
         proxies = run_trials(config, _jobs(config, paths, data_dir, compression_info["fingerprint"], data.task_type,
                                            "proxy", cache), name="proxy", use_scheduler=True)

