@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -43,6 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("config", help="run config (YAML)")
     select.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. training.learning_rate=1e-4")
     select.set_defaults(handler=_cmd_select)
+
+    submit = commands.add_parser(
+        "submit", parents=[common], help="run the selection as a Ray job on a cluster",
+        description="Check the config and the cluster (address, auth token, node resources, shared storage), "
+                    "upload the project directory and submit `damoc select CONFIG cluster.address=auto "
+                    "[KEY=VALUE ...]` as a Ray job. Prints the submission id.")
+    submit.__class__ = _IntermixedParser  # options may sit between CONFIG and the overrides
+    submit.add_argument("config", help="run config (YAML), inside the uploaded working directory")
+    submit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, passed to the job")
+    _address_argument(submit)
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 if it succeeded, 1 if not")
+    submit.add_argument("--follow", action="store_true", help="stream the job's logs while waiting (implies --wait)")
+    submit.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds (the job goes on)")
+    submit.add_argument("--working-dir", metavar="DIR",
+                        help="directory uploaded as the job's working dir (default: the project containing CONFIG)")
+    env = submit.add_mutually_exclusive_group()
+    env.add_argument("--pip", action="append", metavar="SPEC",
+                     help="pip requirement (or requirements .txt) installed for the job (repeatable)")
+    env.add_argument("--image", metavar="IMAGE", help="container image the job's workers run in (runtime_env image_uri)")
+    submit.add_argument("--no-resource-check", action="store_true",
+                        help="skip the node-size and storage checks (autoscaling clusters whose nodes are not up yet)")
+    submit.set_defaults(handler=_cmd_submit)
+    status = commands.add_parser("status", parents=[common], help="status of a submitted job",
+                                 description="Status, message, times and report location of a submitted job.")
+    status.add_argument("job_id", metavar="ID", help="submission id printed by damoc submit")
+    _address_argument(status)
+    status.set_defaults(handler=_cmd_status)
+    logs = commands.add_parser("logs", parents=[common], help="logs of a submitted job")
+    logs.add_argument("job_id", metavar="ID", help="submission id printed by damoc submit")
+    _address_argument(logs)
+    logs.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    logs.set_defaults(handler=_cmd_logs)
 
     config = commands.add_parser("config", parents=[common], help="show or document run configs")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -154,6 +187,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that takes options anywhere among its positionals (`damoc submit
+    CONFIG --address URL KEY=VALUE`); plain argparse ends the positionals at the first option."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def _address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", metavar="URL",
+                        help="the cluster's Ray dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
 # ------------------------------------------------------------------------------ commands
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
@@ -171,6 +225,52 @@ def _cmd_select(args: argparse.Namespace) -> int:
         a = report["agreement"]["damoc"]
         print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, regret {a['regret']}")
     print(f"report: {config.output.dir}/report.md, {config.output.dir}/report.json")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from damoc import submit as sub
+
+    submission = sub.submit(args.config, args.overrides, address=args.address, working_dir=args.working_dir,
+                            pip=args.pip or (), image=args.image, check_resources=not args.no_resource_check)
+    job_id, info, client = submission.submission_id, submission.info, submission.client
+    print(job_id, flush=True)
+    if not (args.wait or args.follow):
+        logging.getLogger("damoc").info("submitted to %s; follow with: damoc logs %s --address %s --follow",
+                                        info.address, job_id, info.address)
+        return 0
+    if args.follow:
+        sub.follow_logs(client, info, job_id)
+    job = sub.wait(client, info, job_id, timeout=args.timeout)
+    for line in sub.describe(job, job_id)[1:]:
+        print(line)
+    status = str(job.status)
+    if status == "SUCCEEDED":
+        return 0
+    if status not in sub.TERMINAL:
+        print(f"damoc: job {job_id} is still {status} after {args.timeout:g} s; it goes on "
+              f"(damoc status {job_id} --address {info.address})", file=sys.stderr)
+    return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from damoc import submit as sub
+
+    info = sub.connect(args.address)
+    client = sub.job_client(info)
+    print("\n".join(sub.describe(sub.job_info(client, info, args.job_id), args.job_id)))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from damoc import submit as sub
+
+    info = sub.connect(args.address)
+    client = sub.job_client(info)
+    if args.follow:
+        sub.follow_logs(client, info, args.job_id)
+    else:
+        print(sub.job_logs(client, info, args.job_id), end="")
     return 0
 
 

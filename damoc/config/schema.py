@@ -237,7 +237,8 @@ class ClusterConfig(Section):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs per Ray Train worker.")
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="Candidate trials run at once (default: derived from resources).")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="How a trial's workers are placed on nodes.")
-    storage_path: Optional[str] = Field(None, description="Ray storage for trial results: a local dir, or shared storage (s3://, NFS) on multi-node clusters.")
+    storage_path: Optional[str] = Field(None, description="Ray storage for trial results: a local dir, or shared storage (s3://, gs://, NFS) on multi-node clusters.")
+    shared_storage: bool = Field(False, description="Assert that every node mounts output.cache_dir and a local storage_path at the same path (NFS, a shared volume, one machine). `damoc submit` refuses a multi-node cluster without it: trials read the compressed data and candidate checkpoints from the stage cache.")
     max_failures: int = Field(1, ge=0, description="Retries of a trial whose worker died.")
 
 

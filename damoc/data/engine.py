@@ -88,9 +88,11 @@ class RayDataEngine:
             return float(self.cpus_per_actor)
         import ray
 
-        # Default: the cluster's CPUs shared by the actors (data compression runs before any trial).
+        # Default: the cluster's CPUs shared by the actors (data compression runs before any trial),
+        # but never more than one node has, or an actor could never be placed.
         total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        return max(1.0, float(int(total // self.actors)))
+        largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=total)
+        return max(1.0, float(int(min(total // self.actors, largest))))
 
     def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
         import ray

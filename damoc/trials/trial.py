@@ -32,6 +32,17 @@ def failure_metrics(message: str) -> dict:
     return {"step": 0, "budget": 0, "status": "failed", "error": message, "val_eval_loss": FAILED_LOSS}
 
 
+def node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray), recorded in each trial's result so the
+    report shows where every candidate ran."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - where a trial ran is information, never a reason to fail it
+        return None
+
+
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -155,11 +166,12 @@ def run_trial(settings: dict, report: Report) -> dict:
         torch.set_num_threads(settings["threads"])
     candidate, training, task_type = settings["candidate"], settings["training"], settings["task_type"]
     wall: dict[str, float] = {}
-    result = {"name": candidate["name"], "mode": settings["mode"], "status": "ok", "error": None}
+    result = {"name": candidate["name"], "mode": settings["mode"], "status": "ok", "error": None,
+              "node_id": node_id()}
 
     def fail(message: str) -> dict:
         result.update(status="failed", error=message, wall_s=wall)
-        report(failure_metrics(message))
+        report({**failure_metrics(message), "info_json": json.dumps({"node_id": result["node_id"]})})
         return result
 
     t = time.perf_counter()
@@ -200,7 +212,7 @@ def run_trial(settings: dict, report: Report) -> dict:
     # Reported before training, so a trial the scheduler stops still has its baselines and size.
     report({"step": 0, "budget": 0, "status": "baselines", "val_eval_loss": FAILED_LOSS,
             "info_json": json.dumps({"baselines": result.get("baselines", {}), "params": params,
-                                     "architecture": result["architecture"]}),
+                                     "architecture": result["architecture"], "node_id": result["node_id"]}),
             "elapsed_s": time.perf_counter() - started})
 
     t = time.perf_counter()

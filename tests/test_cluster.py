@@ -1,0 +1,286 @@
+"""`damoc submit`, `damoc status` and `damoc logs` against a real two-node Ray cluster on this
+machine: a head and a second raylet, each started by `ray start` with one CPU, its own temp dir
+and its own ports (damoc.submit.LocalCluster), so the selection's trials must spread over both.
+
+The cluster runs with token auth and a fresh token (the nodes get it as RAY_AUTH_TOKEN; the tests
+hand it to the CLI the same way). It is torn down by killing exactly its own processes, never with
+`ray stop`, which would also end other Ray instances on the machine. Every wait has a timeout, so a
+hang fails a test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from damoc import submit as sub
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "jobs" / "micro.yaml")
+TWO = "candidates=[zoo:micro/micro-qwen2-tiny-domain, zoo:micro/micro-phi3-mixed]"
+# A fast candidate and two slower ones (fewer steps would finish before the node is killed).
+THREE = ("candidates=[zoo:micro/micro-qwen2-tiny-domain, {model: zoo:micro/micro-phi3-mixed, training: {max_steps: 120}}, "
+         "{model: zoo:micro/micro-gpt2-jargon, training: {max_steps: 120}}]")
+JOB_TIMEOUT = "300"
+
+
+@pytest.fixture(scope="module")
+def cluster(micro_zoo):
+    """A head and one more node, 1 CPU each, up until the module ends (zoo built first)."""
+    # Short root: Ray's unix sockets live under TEMP_DIR/session_*/sockets (108-byte path limit).
+    root = tempfile.mkdtemp(prefix="dct", dir="/tmp")
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60", "DAMOC_CACHE_DIR": os.path.join(root, "cache"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cluster = sub.LocalCluster(root, cpus_per_node=1, env=env)
+    try:
+        cluster.start(2, timeout=180)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _client_env(request, monkeypatch):
+    """No ambient address, token or token file; tests on the cluster get its token the way a
+    user's shell would give it (RAY_AUTH_TOKEN)."""
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    if "cluster" in request.fixturenames:
+        monkeypatch.setenv("RAY_AUTH_TOKEN", request.getfixturevalue("cluster").token)
+
+
+@pytest.fixture(scope="module")
+def finished_job():
+    """Filled by the first test: the id and output of the job that ran on both nodes."""
+    return {}
+
+
+def fresh_cache(tmp_path: Path, zoo_cache: Path) -> Path:
+    """A stage cache of its own (no trials from other tests) that shares the session's micro zoo."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "zoo").symlink_to(zoo_cache / "zoo", target_is_directory=True)
+    return cache
+
+
+def overrides(out: Path, cache: Path, *extra: str) -> list[str]:
+    # On one machine a temp dir is shared by both nodes: the opt-in says so.
+    return [f"output.dir={out}", f"output.cache_dir={cache}", f"cluster.storage_path={out}-ray",
+            "cluster.shared_storage=true", *extra]
+
+
+def job_count(cluster) -> int:
+    info = sub.connect(cluster.address)
+    return len(sub.job_client(info).list_jobs())
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]   # closed again when the socket is
+
+
+# ------------------------------------------------------------------------------ without a cluster
+def test_address_and_token_are_found_as_ray_finds_them(monkeypatch, tmp_path):
+    assert sub.resolve_address("http://head:8265/") == "http://head:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:8265")
+    assert sub.resolve_address(None) == "http://10.0.0.1:8265"
+    for bad in ("auto", "ray://head:10001", "head"):
+        with pytest.raises(sub.ClusterError, match="not a dashboard URL"):
+            sub.resolve_address(bad)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sub.auth_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert sub.auth_token().value == "from-home"
+    (tmp_path / "tok").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert sub.auth_token().value == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert (sub.auth_token().value, sub.auth_token().source) == ("from-env", "RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert sub.auth_token() is None
+
+
+def test_preflight_on_described_clusters(tmp_path):
+    from damoc.config import load_config
+
+    def config(*extra):
+        return load_config(CONFIG, [f"output.dir={tmp_path}", *extra])
+
+    one = sub.ClusterInfo("http://h:8265", "token", [sub.Node("a", "10.0.0.1", True, 4, 0)])
+    two = sub.ClusterInfo("http://h:8265", "token", [sub.Node("a", "10.0.0.1", True, 0, 0),
+                                                      sub.Node("b", "10.0.0.2", False, 8, 1)])
+    sub.check_fits(config(), one)  # one node: local storage is fine
+    sub.check_fits(config("cluster.shared_storage=true", "cluster.gpus_per_worker=1"), two)
+    for extra, fragment in [((), "cluster.storage_path is not set"),
+                            (("cluster.storage_path=file:///x",), "'file:///x' is a local path"),
+                            (("cluster.storage_path=s3://bucket/ray",), "stage cache (output.cache_dir)"),
+                            (("cluster.shared_storage=true", "cluster.gpus_per_worker=2"), "the largest node has 1"),
+                            (("cluster.shared_storage=true", "cluster.cpus_per_worker=16"), "the largest node"),
+                            (("cluster.shared_storage=true", "cluster.workers_per_candidate=3",
+                              "cluster.placement_strategy=STRICT_SPREAD"), "STRICT_SPREAD")]:
+        with pytest.raises(sub.ClusterError, match=re.escape(fragment)):
+            sub.check_fits(config(*extra), two)
+
+
+def test_submit_takes_options_between_config_and_overrides():
+    from damoc.cli import build_parser
+
+    args = build_parser().parse_args(["submit", "c.yaml", "--address", "http://h:8265", "a.b=1", "--wait", "c=2",
+                                      "--pip", "x==1", "--pip", "y"])
+    assert (args.config, args.overrides, args.address, args.wait, args.pip) == \
+        ("c.yaml", ["a.b=1", "c=2"], "http://h:8265", True, ["x==1", "y"])
+
+
+# ------------------------------------------------------------------------------ the happy path
+def test_submit_spreads_trials_over_both_nodes(cluster, micro_zoo_cache, tmp_path, cli, finished_job):
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    out = tmp_path / "out"
+    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, "--wait", "--timeout", JOB_TIMEOUT, TWO,
+                            *overrides(out, cache, "cluster.max_concurrent_trials=2"))
+    assert code == 0, err + stdout
+    job_id = stdout.splitlines()[0]
+    assert job_id.startswith("damoc-micro-")
+    assert "status: SUCCEEDED" in stdout and f"report: {out}/report.json" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert {c["name"] for c in report["candidates"]} == {"micro-qwen2-tiny-domain", "micro-phi3-mixed"}
+    assert all(c["status"] in ("ok", "stopped_early") and not c["cached"] for c in report["candidates"])
+    nodes = {n["node_id"] for n in cluster.alive_nodes()}
+    # Two trials at once, one CPU each, one CPU per node: one trial on each node.
+    assert len(nodes) == 2 and {c["node_id"] for c in report["candidates"]} == nodes
+    finished_job.update(id=job_id, out=out)
+
+
+def test_status_and_logs_of_the_finished_job(cluster, cli, finished_job, monkeypatch):
+    if not finished_job:
+        pytest.skip("needs the job of test_submit_spreads_trials_over_both_nodes")
+    job_id = finished_job["id"]
+    code, stdout, err = cli("status", job_id, "--address", cluster.address)
+    assert code == 0, err
+    assert stdout.splitlines()[:2] == [f"job: {job_id}", "status: SUCCEEDED"]
+    assert "entrypoint: damoc select jobs/micro.yaml" in stdout and "cluster.address=auto" in stdout
+    assert f"report: {finished_job['out']}/report.json" in stdout
+    code, logs, err = cli("logs", job_id, "--address", cluster.address)
+    assert code == 0 and "winner:" in logs and "report:" in logs, err
+    # RAY_ADDRESS stands in for --address; --follow on an ended job prints it all and returns.
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    code, followed, err = cli("logs", job_id, "--follow")
+    assert code == 0 and "winner:" in followed, err
+    code, stdout, err = cli("status", "no-such-job")
+    assert code == 2 and stdout == "" and err == f"damoc: error: no job 'no-such-job' on the cluster at {cluster.address}\n"
+
+
+def test_a_job_that_fails_on_the_cluster_exits_1_with_its_error(cluster, tmp_path, cli):
+    """What only the cluster can find (here: a data file missing there) fails the job, not the
+    pre-flight: exit 1, status FAILED, and damoc's own error line in the message."""
+    missing = tmp_path / "nowhere.jsonl"
+    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, "--wait", "--timeout", JOB_TIMEOUT,
+                            f"data.source={missing}", *overrides(tmp_path / "out", tmp_path / "cache"))
+    assert code == 1, err + stdout
+    assert "status: FAILED" in stdout and "damoc: error:" in stdout and str(missing) in stdout, stdout
+
+
+# ------------------------------------------------------------------------------ refused before submission
+@pytest.mark.parametrize("case, fragment", [
+    ("unreachable", "cannot reach the Ray dashboard at http://127.0.0.1:"),
+    ("no_address", "no cluster address"),
+    ("local_storage", "is a local path and the cluster at"),
+    ("gpus", "cluster.gpus_per_worker=1 GPUs per trial"),
+    ("cpus", "cluster.cpus_per_worker=4 CPUs per trial"),
+    ("wrong_token", "rejected the token from RAY_AUTH_TOKEN (HTTP 403)"),
+    ("no_token", "requires a Ray auth token and none was found"),
+    ("bad_key", "unknown key 'cluster.sharedstorage'"),
+])
+def test_bad_input_is_refused_before_anything_is_submitted(cluster, micro_zoo_cache, tmp_path, cli, monkeypatch,
+                                                           case, fragment):
+    before = job_count(cluster)
+    out = tmp_path / "out"
+    address = ["--address", cluster.address]
+    extra = overrides(out, tmp_path / "cache")
+    if case == "unreachable":
+        address = ["--address", f"http://127.0.0.1:{closed_port()}"]
+    elif case == "no_address":
+        address = []
+    elif case == "local_storage":
+        extra = [e for e in extra if e != "cluster.shared_storage=true"]
+    elif case == "gpus":
+        extra.append("cluster.gpus_per_worker=1")
+    elif case == "cpus":
+        extra.append("cluster.cpus_per_worker=4")
+    elif case == "wrong_token":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 32)
+    elif case == "no_token":
+        monkeypatch.delenv("RAY_AUTH_TOKEN")
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
+    elif case == "bad_key":
+        extra.append("cluster.sharedstorage=true")
+    code, stdout, err = cli("submit", CONFIG, *address, "--wait", TWO, *extra)
+    assert code == 2, err
+    assert stdout == "" and err.startswith("damoc: error: ") and err.count("\n") == 1 and fragment in err, err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    assert job_count(cluster) == before and not out.exists()
+
+
+# ------------------------------------------------------------------------------ faults
+def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluster, micro_zoo_cache, tmp_path, cli):
+    """Kill the second node while it runs a trial (after another trial has finished): the job
+    still succeeds, the lost trial is reported failed, and submitting again retrains only it."""
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    common = [CONFIG, "--address", cluster.address, THREE, "ranking.early_stopping.scheduler=none",
+              "cluster.max_concurrent_trials=2"]
+    code, stdout, err = cli("submit", *common, *overrides(tmp_path / "first", cache))
+    assert code == 0, err
+    job_id = stdout.splitlines()[0]
+    worker = next(n for n in cluster.nodes if not n.head and n.alive)
+    worker_id = next(n["node_id"] for n in cluster.alive_nodes() if not n["is_head_node"])
+    info = sub.connect(cluster.address)
+    client = sub.job_client(info)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            finished = list((cache / "trial").glob("*/stage.json")) if (cache / "trial").is_dir() else []
+            running = [p for p in cluster.node_processes(worker) if "ray::ImplicitFunc" in " ".join(_cmdline(p))]
+            if finished and running:
+                break
+            status = str(sub.job_info(client, info, job_id).status)
+            assert status not in sub.TERMINAL, f"job ended ({status}) before the node could be killed"
+            assert time.monotonic() < deadline, "no trial finished with another running on the second node"
+            time.sleep(0.5)
+        cluster.kill_node(worker)
+        job = sub.wait(client, info, job_id, timeout=float(JOB_TIMEOUT))
+        assert str(job.status) == "SUCCEEDED", job.message
+        first = {c["name"]: c for c in json.loads((tmp_path / "first" / "report.json").read_text())["candidates"]}
+        failed = [c for c in first.values() if c["status"] == "failed"]
+        assert len(failed) == 1 and failed[0]["error"] and failed[0]["node_id"] in (worker_id, None), first
+        assert sum(c["status"] == "ok" for c in first.values()) == 2
+
+        # Submitted again (now a one-node cluster): the finished trials come from the cache.
+        code, stdout, err = cli("submit", *common, "--follow", "--timeout", JOB_TIMEOUT,
+                                *overrides(tmp_path / "again", cache))
+        assert code == 0 and "status: SUCCEEDED" in stdout and "winner:" in stdout, err + stdout
+        again = {c["name"]: c for c in json.loads((tmp_path / "again" / "report.json").read_text())["candidates"]}
+        for name, before in first.items():
+            if before["status"] == "ok":
+                assert again[name]["cached"] is True and again[name]["score"] == before["score"], name
+            else:
+                assert again[name]["cached"] is False and again[name]["status"] == "ok", again[name]
+    finally:
+        if not worker.alive:
+            cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # noqa: BLE001 - a process that just ended
+        return []
