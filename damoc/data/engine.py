@@ -97,8 +97,13 @@ class RayDataEngine:
     def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
         import ray
 
-        # Ray Data logs every operator's progress at INFO; damoc's own log says what runs where.
-        logging.getLogger("ray.data").setLevel(max(logging.getLogger("damoc").getEffectiveLevel(), logging.WARNING))
+        # Off a terminal Ray Data logs every operator's progress at INFO, several lines every few
+        # seconds; damoc's own log says what runs where. (Ray configures these loggers' levels
+        # itself, so setting the parent "ray.data" is not enough.)
+        level = max(logging.getLogger("damoc").getEffectiveLevel(), logging.WARNING)
+        for name in ("ray.data", "ray.data._internal.progress.logging_progress",
+                     "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
+            logging.getLogger(name).setLevel(level)
         cpus = self._cpus()
         columns = _columns(records, getattr(scorer_cls, "needs_record", False))
         rows = [{name: values[i] for name, values in columns.items()} for i in range(len(records))]
@@ -106,7 +111,7 @@ class RayDataEngine:
             scorer_cls, fn_constructor_kwargs={**settings, "threads": int(cpus)}, batch_size=self.batch_size,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=cpus,
             num_gpus=self.gpus_per_actor or None)
-        log.info("data: %s on Ray Data (%d actor(s), %g CPU each)", desc, self.actors, cpus)
+        log.info("%s on Ray Data (%d actor(s), %g CPU each)", desc, self.actors, cpus)
         parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         return _gather(parts, scorer_cls.outputs, len(records))
 
