@@ -202,3 +202,15 @@ def test_cli_lists_the_methods(cli):
     assert code == 0 and set(methods) == {"none", "random", "dq", "graphcut", "kcenter", "alpagasus", "superfiltering",
                                           "less", "mods", "cherry", "deita"}
     assert all(m["reference"].startswith("https://arxiv.org/") for name, m in methods.items() if name not in ("none", "random"))
+
+
+def test_rows_without_text_are_refused_by_name(micro_zoo, lexcat, tmp_path):
+    from damoc.data.load import LoadedData
+    from damoc.errors import DataError
+
+    rows = [dict(r) for r in lexcat.splits["train"][:8]]
+    rows[3]["response"] = "   "
+    data = LoadedData(splits=dict(lexcat.splits, train=rows), task_type=lexcat.task_type, format=lexcat.format,
+                      source=lexcat.source, carved=lexcat.carved, skipped=lexcat.skipped, fingerprint="hand-made")
+    with pytest.raises(DataError, match=f"train row '{rows[3]['id']}': empty response"):
+        compress_data(data, stage_config(micro_zoo, filter={"method": "random", "keep_ratio": 0.5}), cache_root=tmp_path)
