@@ -59,9 +59,28 @@ def _client_env(request, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def finished_job():
-    """Filled by the first test: the id and output of the job that ran on both nodes."""
-    return {}
+def finished_job(cluster, micro_zoo_cache, tmp_path_factory):
+    """The micro selection submitted with --wait, once per module: what the CLI printed and where
+    the report went. Tests that look at a finished job use it, whichever of them runs first."""
+    import contextlib
+    import io
+
+    from damoc.cli import main
+
+    tmp = tmp_path_factory.mktemp("submitted")
+    cache = fresh_cache(tmp, micro_zoo_cache)
+    out = tmp / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:     # the environment _client_env gives each test
+        for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+            mp.delenv(key, raising=False)
+        mp.setenv("RAY_AUTH_TOKEN", cluster.token)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["submit", CONFIG, "--address", cluster.address, "--wait", "--timeout", JOB_TIMEOUT, TWO,
+                         *overrides(out, cache, "cluster.max_concurrent_trials=2")])
+    text = stdout.getvalue()
+    return {"code": code, "stdout": text, "err": stderr.getvalue(), "out": out,
+            "id": text.splitlines()[0] if text else None}
 
 
 def fresh_cache(tmp_path: Path, zoo_cache: Path) -> Path:
@@ -143,13 +162,10 @@ def test_submit_takes_options_between_config_and_overrides():
 
 
 # ------------------------------------------------------------------------------ the happy path
-def test_submit_spreads_trials_over_both_nodes(cluster, micro_zoo_cache, tmp_path, cli, finished_job):
-    cache = fresh_cache(tmp_path, micro_zoo_cache)
-    out = tmp_path / "out"
-    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, "--wait", "--timeout", JOB_TIMEOUT, TWO,
-                            *overrides(out, cache, "cluster.max_concurrent_trials=2"))
+def test_submit_spreads_trials_over_both_nodes(cluster, finished_job):
+    code, stdout, err, out = (finished_job[k] for k in ("code", "stdout", "err", "out"))
     assert code == 0, err + stdout
-    job_id = stdout.splitlines()[0]
+    job_id = finished_job["id"]
     assert job_id.startswith("damoc-micro-")
     assert "status: SUCCEEDED" in stdout and f"report: {out}/report.json" in stdout
     report = json.loads((out / "report.json").read_text())
@@ -158,12 +174,10 @@ def test_submit_spreads_trials_over_both_nodes(cluster, micro_zoo_cache, tmp_pat
     nodes = {n["node_id"] for n in cluster.alive_nodes()}
     # Two trials at once, one CPU each, one CPU per node: one trial on each node.
     assert len(nodes) == 2 and {c["node_id"] for c in report["candidates"]} == nodes
-    finished_job.update(id=job_id, out=out)
 
 
 def test_status_and_logs_of_the_finished_job(cluster, cli, finished_job, monkeypatch):
-    if not finished_job:
-        pytest.skip("needs the job of test_submit_spreads_trials_over_both_nodes")
+    assert finished_job["code"] == 0, finished_job["err"]
     job_id = finished_job["id"]
     code, stdout, err = cli("status", job_id, "--address", cluster.address)
     assert code == 0, err
