@@ -260,11 +260,18 @@ def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluste
     info = sub.connect(cluster.address)
     client = sub.job_client(info)
     try:
+        # Each node has one CPU, so its trials run one after another, each in its own actor process.
+        # A trial is running on the worker when more trial processes have been seen there than
+        # trials the worker has finished (a finished trial's process can outlive its result).
         deadline = time.monotonic() + 240
+        seen_on_worker: set[int] = set()
         while True:
-            finished = list((cache / "trial").glob("*/stage.json")) if (cache / "trial").is_dir() else []
             running = [p for p in cluster.node_processes(worker) if "ray::ImplicitFunc" in " ".join(_cmdline(p))]
-            if finished and running:
+            seen_on_worker.update(p.pid for p in running)
+            finished = [json.loads(f.read_text()) for f in (cache / "trial").glob("*/stage.json")] \
+                if (cache / "trial").is_dir() else []
+            done_on_worker = sum(r.get("node_id") == worker_id for r in finished)
+            if finished and running and len(seen_on_worker) > done_on_worker:
                 break
             status = str(sub.job_info(client, info, job_id).status)
             assert status not in sub.TERMINAL, f"job ended ({status}) before the node could be killed"
