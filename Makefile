@@ -12,7 +12,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.damoc-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test constraints clean
+.PHONY: setup demo test bench constraints clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# The rank-fidelity benchmark (about an hour on 2 cores): results/rank_fidelity.json, its plots and
+# its section of benchmarks/README.md, all regenerated from one run.
+bench: $(STAMP)
+	$(PY) benchmarks/rank_fidelity.py
 
 # Rewrite constraints.txt from the current virtualenv (after a deliberate dependency change).
 constraints: $(STAMP)

@@ -237,11 +237,16 @@ def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:
         error = last.get("error") if last.get("status") == "failed" else f"{type(result.error).__name__}: {result.error}"
         return TrialOutcome(name, "failed", result=info, history=history,
                             error=str(error).splitlines()[0] if error else "unknown error")
+    before = info.pop("wall_s_before_fine_tune", None)
+    if before is not None and history and isinstance(history[-1].get("fine_tune_s"), (int, float)):
+        # The stages it finished, and its training up to the rung where the scheduler stopped it.
+        info["wall_s"] = {**before, "fine_tune": round(history[-1]["fine_tune_s"], 2),
+                          **({"total": round(info["elapsed_s"], 2)} if "elapsed_s" in info else {})}
     return TrialOutcome(name, "stopped_early", result=info, history=history)
 
 
 HISTORY_KEYS = ("step", "budget", "train_loss", "train_tokens", "val_eval_loss", "val_perplexity", "val_accuracy",
-                "val_gold_logprob")
+                "val_gold_logprob", "fine_tune_s")
 
 
 def _plain(value):

@@ -26,7 +26,7 @@ from damoc.trials.trial import FAILED_LOSS
 from damoc.ranking.scores import resolve_metric
 
 log = logging.getLogger("damoc")
-TRIAL_VERSION = 1
+TRIAL_VERSION = 2
 
 
 def cache_root(config: RunConfig) -> Path:

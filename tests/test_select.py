@@ -97,6 +97,10 @@ def test_successive_halving_stops_the_weak_candidate(selection):
     assert weak["score"] is not None and weak["score_on"].startswith("validation")  # its partial score
     assert len(weak["history"]) < len(next(c for c in report["candidates"] if c["status"] == "ok")["history"])
     assert report["ranking"].index("micro-llama-deep-domain") > 0
+    # Its cost counts: the stages it finished and its training up to the rung it was stopped at.
+    wall = weak["wall_s"]
+    assert wall["load"] > 0 and wall["model_compression"] >= 0 and 0 < wall["fine_tune"] < wall["total"]
+    assert report["cost"]["trial_stage_s"]["fine_tune"] >= wall["fine_tune"]
 
 
 def test_winner_configs_for_llamafactory_and_axolotl(selection):

@@ -248,14 +248,18 @@ def run_trial(settings: dict, report: Report) -> dict:
         if rank == 0:
             scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False, **evaluate)
             metrics.update({f"val_{k}": v for k, v in scores.items() if k != "rows"})
-            if not history:  # so that a trial the scheduler stops still shows its compression
-                metrics["info_json"] = json.dumps({k: result[k] for k in ("layers", "layers_kept", "proxy_params",
-                                                                          "compression")}, default=_json_default)
+            # Fine-tuning seconds so far (rung evaluations included, as in a finished trial's
+            # `fine_tune`), so that a trial the scheduler stops still accounts for its training time.
+            metrics["fine_tune_s"] = time.perf_counter() - t_fine_tune
+            if not history:  # so that a trial the scheduler stops still shows its compression and timings
+                info = {k: result[k] for k in ("layers", "layers_kept", "proxy_params", "compression")}
+                info["wall_s_before_fine_tune"] = {k: round(v, 2) for k, v in wall.items()}
+                metrics["info_json"] = json.dumps(info, default=_json_default)
             history.append({k: v for k, v in metrics.items() if k != "info_json"})
             log.info("trial %s: step %d/%d val loss %.4f", candidate["name"], step, steps, metrics["val_eval_loss"])
         report(metrics)
 
-    t = time.perf_counter()
+    t = t_fine_tune = time.perf_counter()
     try:
         engine = _engine(model, training, bf16, world)
         progress = finetune(model, tokenizer, train, learning_rate=training["learning_rate"], epochs=training["epochs"],

@@ -1,0 +1,500 @@
+"""Rank fidelity: does damoc pick the candidate full fine-tuning would, and at what fraction of the cost?
+
+    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (~55 min on 2 cores)
+    python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
+    python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
+
+For each bundled task, every candidate is fully fine-tuned on the whole training set (the ground
+truth), and each ranking method is scored against it: the DaMoC proxy exactly as `jobs/demo.yaml`
+configures it (`damoc`), its data-only and model-only ablations, the learning-curve ranker, and the
+zero-shot, few-shot and model-size baselines; then a sweep of data keep ratio x layer prune ratio.
+Every method is a real `damoc select` run (`run_select`) on one shared stage cache, so the ground
+truth is trained once and read back by every later run.
+
+Cost is measured, not estimated:
+- compute: training FLOPs, 6 x params x tokens, summed over candidates (proxies: their pruned
+  parameter count and the tokens they actually trained on, rungs cut short by the scheduler
+  included); `compute_ratio` = ground truth / method.
+- wall: seconds each trial spent, summed over candidates (every run has the same two trial slots,
+  so sums compare like with like). `wall_ratio_train` compares fine-tuning seconds;
+  `wall_ratio_end_to_end` adds everything else the method needs: data loading, the data
+  compression stage (its real cost, also when read from the cache), model loading, importance
+  and pruning, and evaluation; for the ground truth: data loading, model loading, fine-tuning and
+  test evaluation. Baseline evaluations run inside the damoc trials but are charged to the
+  baselines, not to damoc.
+
+Writes benchmarks/results/rank_fidelity.json ({"commit", "machine", "config", "results",
+"ground_truth"}), two plots beside it, and (full mode) the section of benchmarks/README.md
+between the rank_fidelity markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, git_commit, machine  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
+BEGIN, END = "<!-- rank_fidelity:begin -->", "<!-- rank_fidelity:end -->"
+
+# Per task: the metric the proxies are ranked by, and the ground-truth metric they are judged
+# against. Classification: the proxies of these tiny models have not left the label prior yet, so
+# they rank by the gold option's log-probability (as the demo does); the ground truth is what a
+# user fine-tunes for, test accuracy. Generation: the answer loss for both; ROUGE-L of
+# few-million-parameter models is mostly noise (it is recorded beside it in the ground truth).
+TASKS = {
+    "wordnet-lexcat": {"metric": "gold_logprob", "truth_metric": "accuracy"},
+    "wordnet-defgen": {"metric": "eval_loss", "truth_metric": "eval_loss"},
+}
+HIGHER = {"accuracy": True, "gold_logprob": True, "rouge_l": True, "bertscore": True, "eval_loss": False}
+
+PROFILES = {
+    # The published run: the demo zoo, the demo's proxy settings. wordnet-defgen's training set is
+    # capped at 4,000 rows so that the ground truth of both tasks (16 full fine-tunes) leaves room
+    # in the run for the proxies; "full data" for that task means those 4,000 rows. The sweep is
+    # run in full on wordnet-lexcat (the demo's task) and at the demo's prune ratio on defgen.
+    "full": {
+        "job": "jobs/demo.yaml",
+        "max_rows": {"wordnet-lexcat": {"test": 800}, "wordnet-defgen": {"train": 4000, "test": 200}},
+        "eval_max_rows": {"wordnet-lexcat": 800, "wordnet-defgen": 200},
+        "truth_training": {"method": "full", "learning_rate": 1.0e-3, "epochs": 1, "batch_size": 16},
+        "sweep": {"wordnet-lexcat": {"keep": [0.1, 0.25], "prune": [0.0, 0.25]},
+                  "wordnet-defgen": {"keep": [0.1, 0.25], "prune": [0.25]}},
+        # The curve ranker needs every candidate's whole curve (no early stopping), so it runs on
+        # a smaller data keep ratio than the halving proxy to stay in the same cost class.
+        "curve": {"rungs": 4, "keep": 0.1},
+    },
+    # CI smoke test: the micro zoo's first four candidates on small slices, a 2-point sweep.
+    "quick": {
+        "job": "jobs/micro.yaml",
+        "candidates": 4,
+        "max_rows": {"wordnet-lexcat": {"train": 128, "validation": 32, "test": 32},
+                     "wordnet-defgen": {"train": 128, "validation": 32, "test": 32}},
+        "eval_max_rows": {"wordnet-lexcat": 32, "wordnet-defgen": 32},
+        "truth_training": {"method": "full", "learning_rate": 3.0e-3, "epochs": 1, "batch_size": 8},
+        "sweep": {"wordnet-lexcat": {"keep": [0.25, 0.5], "prune": [0.0]},
+                  "wordnet-defgen": {"keep": [0.25, 0.5], "prune": [0.0]}},
+        "curve": {"rungs": 3, "keep": None},
+    },
+}
+FIELDS = ("task", "method", "ranking", "spearman", "kendall", "top1_hit", "regret", "compute_ratio",
+          "wall_ratio_train", "wall_ratio_end_to_end")
+
+
+# ------------------------------------------------------------------------------ configs
+def base_config(profile: dict, task: str, work: Path, cache: Path | None) -> dict:
+    """The job file's config, pointed at `task`, with the ground truth switched on and fixed (the
+    same full fine-tuning for every method, so it is trained once and read from the cache)."""
+    from damoc.config.load import read_yaml
+
+    config = read_yaml(ROOT / profile["job"])
+    if profile.get("candidates"):
+        config["candidates"] = config["candidates"][:profile["candidates"]]
+    config["data"] = {**config.get("data", {}), "source": f"bundled:{task}", "max_rows": profile["max_rows"][task]}
+    ranking = config.setdefault("ranking", {})
+    ranking.update(metric=TASKS[task]["metric"], ground_truth="full_ft", baselines=[],
+                   eval_max_rows=profile["eval_max_rows"][task],
+                   ground_truth_training={**profile["truth_training"], "max_steps": None})
+    config["output"] = {"dir": str(work / task / "damoc"), **({"cache_dir": str(cache)} if cache else {})}
+    return config
+
+
+def variant(config: dict, name: str, *, keep: float | None = None, prune: float | None = None,
+            **ranking) -> dict:
+    """`config` with another data keep ratio (1.0: no filter), prune ratio or ranking settings."""
+    out = copy.deepcopy(config)
+    if keep is not None:
+        flt = out.setdefault("data_compression", {}).setdefault("filter", {})
+        if keep >= 1.0:
+            flt.update(method="none", keep_ratio=1.0)
+        else:
+            flt["keep_ratio"] = keep
+    if prune is not None:
+        out.setdefault("model_compression", {})["prune_ratio"] = prune
+    for key, value in ranking.items():
+        if isinstance(value, dict):
+            out["ranking"].setdefault(key, {}).update(value)
+        else:
+            out["ranking"][key] = value
+    out["output"]["dir"] = str(Path(out["output"]["dir"]).parent / name)
+    return out
+
+
+def proxy_settings(config: dict) -> dict:
+    flt = config.get("data_compression", {}).get("filter", {})
+    return {"filter": flt.get("method", "none"), "keep_ratio": flt.get("keep_ratio", 1.0),
+            "prune_ratio": config.get("model_compression", {}).get("prune_ratio", 0.0)}
+
+
+# ------------------------------------------------------------------------------ measuring one run
+def run(config: dict) -> dict:
+    from damoc.config.load import validate_config
+    from damoc.pipeline import run_select
+
+    shutil.rmtree(config["output"]["dir"], ignore_errors=True)
+    started = time.perf_counter()
+    report = run_select(validate_config(config, "rank_fidelity"))
+    report["_bench_seconds"] = time.perf_counter() - started
+    return report
+
+
+def _seconds(wall: dict | None, *keys: str) -> float:
+    return sum(float((wall or {}).get(k) or 0) for k in keys)
+
+
+def truth_of(report: dict, truth_metric: str) -> dict:
+    """The ground truth as the report recorded it: scores and costs per candidate."""
+    candidates = {}
+    for c in report["candidates"]:
+        gt = c.get("ground_truth") or {}
+        if gt.get("status") != "ok":
+            raise RuntimeError(f"ground truth for {c['name']} did not complete: {gt.get('error')}")
+        candidates[c["name"]] = {"params": c["params"], "test": gt["test"], "train_tokens": gt["train_tokens"],
+                                 "train_flops": gt["train_flops"], "wall_s": gt["wall_s"]}
+    scores = {n: c["test"][truth_metric] for n, c in candidates.items()}
+    higher = HIGHER[truth_metric]
+    return {
+        "metric": truth_metric, "higher_is_better": higher, "scores": scores,
+        "ranking": sorted(scores, key=lambda n: (-scores[n] if higher else scores[n], n)),
+        "candidates": candidates,
+        "train_flops": sum(c["train_flops"] for c in candidates.values()),
+        "train_s": sum(_seconds(c["wall_s"], "fine_tune") for c in candidates.values()),
+        # Loading the data, then every candidate's whole trial (load, fine-tune, test evaluation).
+        "end_to_end_s": _seconds(report["cost"]["wall_s"], "data")
+        + sum(_seconds(c["wall_s"], "total") for c in candidates.values()),
+    }
+
+
+def score_ranking(ranking: list[str], truth: dict) -> dict:
+    from damoc.ranking.agreement import agreement
+    from damoc.ranking.scores import ranking_as_scores
+
+    a = agreement(ranking_as_scores(ranking), truth["scores"], truth_higher_is_better=truth["higher_is_better"])
+    return {"ranking": ranking, "spearman": a["spearman"], "kendall": a["kendall"], "top1_hit": a["top1_hit"],
+            "regret": a["regret"], "chosen": a["chosen"]}
+
+
+def proxy_cost(report: dict, truth: dict) -> dict:
+    """What the run's proxies cost, and the ratios full fine-tuning / proxy."""
+    flops = float(report["cost"]["proxy_train_flops"])
+    train_s = sum(_seconds(c.get("wall_s"), "fine_tune") for c in report["candidates"])
+    stage = float(((report.get("data_compression") or {}).get("seconds") or {}).get("total") or 0)
+    trials = sum(_seconds(c.get("wall_s"), "total") - _seconds(c.get("wall_s"), "baselines")
+                 for c in report["candidates"])
+    end_to_end = _seconds(report["cost"]["wall_s"], "data") + stage + trials
+    return {
+        "train_flops": flops, "train_s": round(train_s, 2), "data_compression_s": round(stage, 2),
+        "end_to_end_s": round(end_to_end, 2),
+        "compute_ratio": truth["train_flops"] / flops if flops else None,
+        "wall_ratio_train": truth["train_s"] / train_s if train_s else None,
+        "wall_ratio_end_to_end": truth["end_to_end_s"] / end_to_end if end_to_end else None,
+    }
+
+
+def proxy_scores(report: dict) -> dict:
+    """Each candidate's proxy score as damoc ranked it (test score, or validation when stopped)."""
+    return {c["name"]: {"score": c["score"], "score_on": c["score_on"], "status": c["status"], "rank": c["rank"]}
+            for c in report["candidates"]}
+
+
+def method_result(task: str, method: str, report: dict, truth: dict, config: dict, **extra) -> dict:
+    return {"task": task, "method": method, **score_ranking(report["ranking"], truth),
+            **proxy_cost(report, truth), **proxy_settings(config), "proxy_scores": proxy_scores(report),
+            "run_seconds": round(report["_bench_seconds"], 1), **extra}
+
+
+def baseline_results(task: str, report: dict, truth: dict) -> list[dict]:
+    """Zero-shot and few-shot (evaluated in the damoc run's trials, on the uncompressed models) and
+    size. They train nothing: compute and training-time ratios do not apply (null)."""
+    out = []
+    shared = _seconds(report["cost"]["wall_s"], "data") + sum(
+        _seconds(c.get("wall_s"), "load", "baselines") for c in report["candidates"])
+    for method, b in report["baselines"].items():
+        cost = {"compute_ratio": None, "wall_ratio_train": None,
+                "wall_ratio_end_to_end": truth["end_to_end_s"] / shared if method != "size" and shared else None,
+                "end_to_end_s": round(shared, 2) if method != "size" else 0.0}
+        note = {"zero_shot": "zero-shot and few-shot share one timing (both evaluated in the same trial)",
+                "few_shot": "zero-shot and few-shot share one timing (both evaluated in the same trial)",
+                "size": "larger first; no computation"}[method]
+        out.append({"task": task, "method": method, **score_ranking(b["ranking"], truth), **cost,
+                    "baseline_scores": b.get("scores"), "note": note})
+    return out
+
+
+# ------------------------------------------------------------------------------ the benchmark
+def run_task(profile: dict, task: str, work: Path, cache: Path | None, log) -> tuple[list[dict], dict, dict]:
+    base = base_config(profile, task, work, cache)
+    truth_metric = TASKS[task]["truth_metric"]
+    results: list[dict] = []
+    configs: dict[str, dict] = {}
+
+    # The default proxy first: its run also trains (or reads) the ground truth and the baselines.
+    damoc_cfg = variant(base, "damoc", baselines=["zero_shot", "few_shot", "size"])
+    report = run(damoc_cfg)
+    truth = truth_of(report, truth_metric)
+    truth["ground_truth_run_seconds"] = round(report["cost"]["wall_s"].get("ground_truth_trials", 0.0), 1)
+    results.append(method_result(task, "damoc", report, truth, damoc_cfg))
+    results += baseline_results(task, report, truth)
+    configs["damoc"] = damoc_cfg
+    log(task, results[0])
+
+    # The sweep first (the cheapest runs), then the ablations and the curve.
+    runs: dict[str, dict] = {}
+    grid = profile["sweep"][task]
+    for keep in grid["keep"]:
+        for prune in grid["prune"]:
+            runs[f"sweep_keep{keep}_prune{prune}"] = variant(base, f"sweep_keep{keep}_prune{prune}", keep=keep,
+                                                             prune=prune)
+    runs["data_only"] = variant(base, "data_only", prune=0.0)
+    runs["model_only"] = variant(base, "model_only", keep=1.0)
+    runs["curve"] = variant(base, "curve", keep=profile["curve"]["keep"], method="curve",
+                            early_stopping={"scheduler": "none", "rungs": profile["curve"]["rungs"]})
+    for name, cfg in runs.items():
+        report = run(cfg)
+        method = "sweep" if name.startswith("sweep") else name
+        row = method_result(task, method, report, truth, cfg)
+        if name == "curve":
+            row["curve_method"] = report.get("curves", {}).get("method")
+            row["curve_fallbacks"] = report.get("curves", {}).get("fallbacks")
+            final = (report["baselines"].get("final_score") or {}).get("ranking")
+            if final:
+                # The same run ranked by the proxies' final test scores: the proxy without
+                # successive halving (every candidate trains its whole budget).
+                results.append({**row, **score_ranking(final, truth), "method": "tried",
+                                "variant": "no_halving", "curve_method": None, "curve_fallbacks": None})
+                log(task, results[-1])
+        results.append(row)
+        configs[name] = cfg
+        log(task, row)
+    return results, truth, configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="micro zoo, small slices (the CI smoke test)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated bundled tasks")
+    parser.add_argument("--cache", help="stage cache (default: $DAMOC_CACHE_DIR or the user cache dir)")
+    parser.add_argument("--work", help="where the runs' reports go (default: runs/rank_fidelity[_quick])")
+    parser.add_argument("--out", help="results file (default: benchmarks/results/rank_fidelity[_quick].json)")
+    parser.add_argument("--readme", action="store_true",
+                        help="only redraw the plots and the README section from the results file")
+    args = parser.parse_args(argv)
+
+    mode = "quick" if args.quick else "full"
+    out = Path(args.out) if args.out else RESULTS / ("rank_fidelity_quick.json" if args.quick else "rank_fidelity.json")
+    if args.readme:
+        write_outputs(json.loads(out.read_text()), out, readme=not args.quick)
+        return 0
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        print(f"rank_fidelity: unknown task {unknown[0]!r} (bundled: {', '.join(TASKS)})", file=sys.stderr)
+        return 2
+    profile = PROFILES[mode]
+    work = Path(args.work or ROOT / "runs" / f"rank_fidelity{'_quick' if args.quick else ''}").resolve()
+    cache = Path(args.cache).resolve() if args.cache else None
+
+    import ray
+
+    from damoc.log import configure
+
+    configure(-1)  # the benchmark prints one line per run; stages' progress bars and Tune's banners stay off
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # One local Ray for every run: two one-CPU trial slots, as in the demo.
+    ray.init(num_cpus=2, include_dashboard=True, configure_logging=False, log_to_driver=False,
+             logging_level="WARNING")
+
+    def log(task: str, row: dict) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {task} {row['method']} keep={row.get('keep_ratio')} "
+              f"prune={row.get('prune_ratio')}: spearman {row['spearman']} top1 {row['top1_hit']} "
+              f"compute x{row['compute_ratio'] or 0:.1f} e2e x{row['wall_ratio_end_to_end'] or 0:.1f} "
+              f"({row.get('run_seconds')} s)", flush=True)
+
+    started = time.perf_counter()
+    commit = git_commit()
+    results, truths, configs = [], {}, {}
+    try:
+        for task in tasks:
+            rows, truth, cfgs = run_task(profile, task, work, cache, log)
+            results += rows
+            truths[task] = truth
+            configs[task] = cfgs["damoc"]
+    finally:
+        ray.shutdown()
+    payload = {
+        "commit": commit, "machine": machine(), "mode": mode, "seconds": round(time.perf_counter() - started, 1),
+        "config": {"profile": {k: v for k, v in profile.items()}, "tasks": {t: TASKS[t] for t in tasks},
+                   "damoc": configs},
+        "results": results,
+        "ground_truth": truths,
+    }
+    write_outputs(payload, out, readme=not args.quick)
+    print(f"rank_fidelity: {len(results)} results in {payload['seconds']:.0f} s -> {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ outputs
+def write_outputs(payload: dict, out: Path, *, readme: bool) -> None:
+    from damoc.io import write_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, payload)
+    stem = out.with_suffix("")
+    plot_scatter(payload, Path(f"{stem}_scatter.png"))
+    plot_frontier(payload, Path(f"{stem}_frontier.png"))
+    if readme:
+        update_readme(payload, out)
+
+
+def plot_scatter(payload: dict, path: Path) -> None:
+    """Per task: each candidate's ground-truth score against its rank by damoc and by zero-shot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(payload["ground_truth"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        truth = payload["ground_truth"][task]
+        rows = {r["method"]: r for r in payload["results"] if r["task"] == task and r["method"] != "sweep"}
+        for method, marker, color in (("damoc", "o", "tab:blue"), ("zero_shot", "x", "tab:red")):
+            if method not in rows:
+                continue
+            ranking = rows[method]["ranking"]
+            xs = [truth["scores"][n] for n in ranking]
+            ys = list(range(1, len(ranking) + 1))
+            ax.scatter(xs, ys, marker=marker, color=color,
+                       label=f"{method} (Spearman {_fmt(rows[method]['spearman'])})")
+            if method == "damoc":
+                for x, y, n in zip(xs, ys, ranking):
+                    ax.annotate(n, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"ground truth: full fine-tuning test {truth['metric']}"
+                      + ("" if truth["higher_is_better"] else " (lower is better)"))
+        ax.set_ylabel("rank given by the method (1 = chosen)")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_frontier(payload: dict, path: Path) -> None:
+    """Per task: Spearman vs training-compute ratio for every proxy run; filled = top-1 hit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(payload["ground_truth"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in payload["results"] if r["task"] == task]
+        for r in rows:
+            if r["compute_ratio"] is None or r["spearman"] is None:
+                continue
+            color = {"damoc": "tab:blue", "data_only": "tab:green", "model_only": "tab:orange",
+                     "curve": "tab:purple"}.get(r["method"], "tab:gray")
+            ax.scatter(r["compute_ratio"], r["spearman"], color=color,
+                       facecolors=color if r["top1_hit"] else "none", s=50 if r["method"] != "sweep" else 30)
+            label = {"sweep": f"{r.get('keep_ratio')}/{r.get('prune_ratio')}",
+                     "tried": r.get("variant", "tried")}.get(r["method"], r["method"])
+            ax.annotate(label, (r["compute_ratio"], r["spearman"]), fontsize=7, xytext=(4, 2),
+                        textcoords="offset points")
+        zero = next((r for r in rows if r["method"] == "zero_shot"), None)
+        if zero and zero["spearman"] is not None:
+            ax.axhline(zero["spearman"], color="tab:red", linestyle="--", linewidth=1,
+                       label=f"zero-shot ({_fmt(zero['spearman'])})")
+        ax.axhline(0.9, color="black", linestyle=":", linewidth=1, label="target Spearman 0.9")
+        ax.axvline(20, color="black", linestyle="-.", linewidth=1, label="target compute 20x")
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute, full fine-tuning / method (sweep: keep ratio/prune ratio)")
+        ax.set_ylabel("Spearman vs full fine-tuning (filled: top-1 hit)")
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+    return str(value)
+
+
+def results_table(payload: dict) -> str:
+    lines = ["| task | method | keep / prune | Spearman | Kendall | top-1 | regret | compute ratio | "
+             "train wall ratio | end-to-end wall ratio | chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"damoc": 0, "data_only": 1, "model_only": 2, "curve": 3, "zero_shot": 4, "few_shot": 5, "size": 6,
+             "tried": 7, "sweep": 8}
+    rows = sorted(payload["results"], key=lambda r: (list(payload["ground_truth"]).index(r["task"]),
+                                                      order.get(r["method"], 9), r.get("keep_ratio") or 0,
+                                                      r.get("prune_ratio") or 0))
+    for r in rows:
+        setting = f"{r['keep_ratio']} / {r['prune_ratio']}" if "keep_ratio" in r else "-"
+        name = f"**{r['method']}**" if r["method"] == "damoc" else r["method"]
+        if r.get("variant"):
+            name += f" ({r['variant']})"
+        lines.append(f"| {r['task']} | {name} | {setting} | {_fmt(r['spearman'])} | {_fmt(r['kendall'])} | "
+                     f"{_fmt(r['top1_hit'])} | {_fmt(r['regret'], 3)} | {_fmt(r['compute_ratio'], 1)} | "
+                     f"{_fmt(r['wall_ratio_train'], 1)} | {_fmt(r['wall_ratio_end_to_end'], 1)} | {r['chosen']} |")
+    return "\n".join(lines)
+
+
+def truth_table(payload: dict) -> str:
+    lines = []
+    for task, truth in payload["ground_truth"].items():
+        lines += [f"Ground truth, `{task}` (test {truth['metric']}; {_fmt(truth['train_s'] / 60, 1)} min of "
+                  f"fine-tuning, {_fmt(truth['end_to_end_s'] / 60, 1)} min end to end, summed over candidates): "
+                  + ", ".join(f"{n} {truth['scores'][n]:.3f}" for n in truth["ranking"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def update_readme(payload: dict, out: Path) -> None:
+    from damoc.io import write_text
+
+    rel = out.relative_to(ROOT / "benchmarks") if out.is_relative_to(ROOT / "benchmarks") else out
+    stem = Path(str(rel)).with_suffix("")
+    section = "\n".join([
+        BEGIN,
+        f"Result: `{rel}` (commit {payload['commit']}; {payload['machine']['cpus']} CPU cores, "
+        f"{payload['machine']['memory_gib']} GiB RAM, GPU: {payload['machine']['gpu'] or 'none'}, torch "
+        f"{payload['machine']['torch']}; {payload['seconds'] / 60:.0f} min). Generated by "
+        "`python benchmarks/rank_fidelity.py` (`make bench`); do not edit by hand.",
+        "",
+        truth_table(payload),
+        results_table(payload),
+        "",
+        f"![proxy vs ground truth]({stem}_scatter.png)",
+        f"![fidelity vs cost]({stem}_frontier.png)",
+        END,
+    ])
+    text = README.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_text(README, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
