@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
-    out = Path(args.out) if args.out else RESULTS / ("rank_fidelity_quick.json" if args.quick else "rank_fidelity.json")
+    out = (Path(args.out) if args.out else RESULTS / ("rank_fidelity_quick.json" if args.quick else "rank_fidelity.json")).resolve()
     if args.readme:
         write_outputs(json.loads(out.read_text()), out, readme=not args.quick)
         return 0
