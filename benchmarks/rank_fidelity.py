@@ -1,6 +1,6 @@
 """Rank fidelity: does damoc pick the candidate full fine-tuning would, and at what fraction of the cost?
 
-    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (~55 min on 2 cores)
+    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (over an hour cold on 2 cores; minutes once cached)
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
     python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
 
