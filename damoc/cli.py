@@ -63,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--pip", action="append", metavar="SPEC",
                      help="pip requirement (or requirements .txt) installed for the job (repeatable)")
     env.add_argument("--image", metavar="IMAGE", help="container image the job's workers run in (runtime_env image_uri)")
-    submit.add_argument("--no-resource-check", action="store_true",
-                        help="skip the node-size and storage checks (autoscaling clusters whose nodes are not up yet)")
+    checks = submit.add_mutually_exclusive_group()
+    checks.add_argument("--autoscaling", action="store_true",
+                        help="the cluster adds nodes on demand (Ray autoscaler, KubeRay minReplicas 0): skip the "
+                             "node-size checks, which see only the nodes up now; storage is checked as for many nodes")
+    checks.add_argument("--no-resource-check", action="store_true",
+                        help="skip the node-size and storage checks")
     submit.set_defaults(handler=_cmd_submit)
     status = commands.add_parser("status", parents=[common], help="status of a submitted job",
                                  description="Status, message, times and report location of a submitted job.")
@@ -232,7 +236,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from damoc import submit as sub
 
     submission = sub.submit(args.config, args.overrides, address=args.address, working_dir=args.working_dir,
-                            pip=args.pip or (), image=args.image, check_resources=not args.no_resource_check)
+                            pip=args.pip or (), image=args.image, check_resources=not args.no_resource_check,
+                            autoscaling=args.autoscaling)
     job_id, info, client = submission.submission_id, submission.info, submission.client
     print(job_id, flush=True)
     if not (args.wait or args.follow):

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,11 @@ class TrialOutcome:
     history: list[dict] = field(default_factory=list)
     error: Optional[str] = None
     cached: bool = False
+
+
+def run_name(config: RunConfig) -> str:
+    """The run's name as it appears in storage paths (Tune experiments, the stored report)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name or "damoc")
 
 
 # ------------------------------------------------------------------------------------ Ray
@@ -195,7 +201,7 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         param_space={"candidate": tune.grid_search([job.name for job in pending])},
         tune_config=tune.TuneConfig(metric="val_eval_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
                                     max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(pending))),
-        run_config=tune.RunConfig(name=f"{config.name or 'damoc'}-{name}", storage_path=storage, verbose=0,
+        run_config=tune.RunConfig(name=f"{run_name(config)}-{name}", storage_path=storage, verbose=0,
                                   callbacks=[_cache_callback(by_name)],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )

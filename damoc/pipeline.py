@@ -21,8 +21,8 @@ from damoc.errors import ConfigError
 from damoc.fingerprint import default_cache_root
 from damoc.io import atomic_dir, write_json, write_jsonl, write_text
 from damoc.models.load import checkpoint_digest, parse_zoo_reference, resolve_model_path
-from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_trials
-from damoc.trials.trial import FAILED_LOSS
+from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_name, run_trials
+from damoc.trials.trial import FAILED_LOSS, resolve_deepspeed
 from damoc.ranking.scores import resolve_metric
 
 log = logging.getLogger("damoc")
@@ -116,7 +116,9 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "mode": mode,
             "candidate": {"name": name, "path": paths[name], "revision": candidate.revision,
                           "trust_remote_code": candidate.trust_remote_code},
-            "training": training.model_dump(mode="json"),
+            "training": {**training.model_dump(mode="json"), "deepspeed": resolve_deepspeed(
+                training.deepspeed, method=training.method, workers=config.cluster.workers_per_candidate,
+                gpus_per_worker=config.cluster.gpus_per_worker)},
             "model_compression": compression.model_dump(mode="json", by_alias=True),
             "data_dir": str(data_dir),
             "task_type": task_type,
@@ -215,6 +217,7 @@ def run_data_compression(config: RunConfig) -> tuple[Path, dict]:
 def run_select(config: RunConfig) -> dict:
     """Run the selection; write OUTPUT/report.json (and report.md, plots, winner configs)."""
     from damoc.report import build_report, write_report
+    from damoc.report.storage import publish_report, report_uri
 
     check_supported(config)
     out_dir = Path(config.output.dir)
@@ -260,7 +263,12 @@ def run_select(config: RunConfig) -> dict:
     wall["total"] = time.perf_counter() - started
     report = build_report(config, data=data, data_stats=inspect_data(data), compression=compression_info,
                           metric=metric, proxies=proxies, truth=truth, paths=paths, wall=wall, curves=curves)
+    if config.cluster.storage_path:
+        report["stored_at"] = report_uri(config.cluster.storage_path, run_name(config))
     write_text(out_dir / "config.yaml", config_to_yaml(config))
     write_report(out_dir, report, config=config, data=data, proxies=proxies, truth=truth, paths=paths)
+    if config.cluster.storage_path:
+        publish_report(out_dir, config.cluster.storage_path, run_name(config))
+        log.info("report copied to %s", report["stored_at"])
     return report
 

@@ -227,13 +227,20 @@ def _first_line(error: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------ pre-flight
-def check_fits(config, info: ClusterInfo) -> None:
+def check_fits(config, info: ClusterInfo, *, autoscaling: bool = False) -> None:
     """Refuse a config the cluster's alive nodes cannot run: a worker (or in-process trial) bigger
-    than any node, or trial storage other nodes cannot reach."""
+    than any node, or trial storage other nodes cannot reach.
+
+    `autoscaling`: the cluster adds nodes while work waits (Ray autoscaler, KubeRay with
+    minReplicas 0), so the nodes alive now say nothing about the nodes the trials will get: the
+    node-size checks are skipped, and storage is checked as for a multi-node cluster."""
     cluster = config.cluster
     nodes = info.nodes
     if not nodes:
         raise ClusterError(f"the cluster at {info.address} has no alive node")
+    if autoscaling:
+        _check_storage(config, info, nodes="nodes added by its autoscaler")
+        return
     max_gpus = max(n.gpus for n in nodes)
     max_cpus = max(n.cpus for n in nodes)
     what = "worker" if cluster.workers_per_candidate else "trial (workers_per_candidate=0: one in-process trial)"
@@ -250,14 +257,27 @@ def check_fits(config, info: ClusterInfo) -> None:
     if cluster.placement_strategy == "STRICT_SPREAD" and cluster.workers_per_candidate > len(nodes):
         raise ClusterError(f"cluster.placement_strategy STRICT_SPREAD puts each of the {cluster.workers_per_candidate} "
                            f"workers on its own node, but the cluster at {info.address} has {len(nodes)}")
-    if len(nodes) > 1 and not cluster.shared_storage:
+    if cluster.placement_strategy == "STRICT_PACK" and cluster.workers_per_candidate > 1:
+        cpus, gpus = (cluster.workers_per_candidate * x for x in (cluster.cpus_per_worker, cluster.gpus_per_worker))
+        if not any(n.cpus >= cpus and n.gpus >= gpus for n in nodes):
+            raise ClusterError(f"cluster.placement_strategy STRICT_PACK puts all {cluster.workers_per_candidate} workers "
+                               f"of a trial on one node ({cpus:g} CPUs, {gpus:g} GPUs), but no node of the cluster at "
+                               f"{info.address} has that much")
+    if len(nodes) > 1:
+        _check_storage(config, info, nodes=f"{len(nodes)} nodes")
+
+
+def _check_storage(config, info: ClusterInfo, *, nodes: str) -> None:
+    """Storage for a cluster of more than one node (`nodes` says how many, for the message)."""
+    cluster = config.cluster
+    if not cluster.shared_storage:
         storage = cluster.storage_path
         if storage is None or "://" not in storage or storage.startswith("file://"):
             where = f"'{storage}' is a local path" if storage else f"is not set (default: {config.output.dir}/ray_results, local)"
-            raise ClusterError(f"cluster.storage_path {where} and the cluster at {info.address} has {len(nodes)} nodes: "
+            raise ClusterError(f"cluster.storage_path {where} and the cluster at {info.address} has {nodes}: "
                                f"trials on other nodes cannot reach it; use s3:// or gs:// storage, or a path every node "
                                f"mounts (NFS, a shared volume) with cluster.shared_storage=true")
-        raise ClusterError(f"the cluster at {info.address} has {len(nodes)} nodes and trials read the compressed data "
+        raise ClusterError(f"the cluster at {info.address} has {nodes} and trials read the compressed data "
                            f"and candidate checkpoints from the stage cache (output.cache_dir): put it on a filesystem "
                            f"every node mounts and set cluster.shared_storage=true")
 
@@ -299,10 +319,12 @@ class Submission:
 
 def submit(config_path: str, overrides: Sequence[str], *, address: Optional[str], working_dir: Optional[str] = None,
            pip: Sequence[str] = (), image: Optional[str] = None, submission_id: Optional[str] = None,
-           check_resources: bool = True) -> Submission:
+           check_resources: bool = True, autoscaling: bool = False) -> Submission:
     """Validate everything locally and against the cluster, then submit. The returned submission
     carries the JobSubmissionClient, for waiting on the job."""
     from damoc.config import load_config
+    from damoc.orchestrate import run_name
+    from damoc.report.storage import report_uri
 
     path = Path(config_path)
     # The config (and the overrides) must validate here, as the cluster will load them.
@@ -318,7 +340,7 @@ def submit(config_path: str, overrides: Sequence[str], *, address: Optional[str]
     pip_list = read_pip(pip)
     info = connect(address)
     if check_resources:
-        check_fits(config, info)
+        check_fits(config, info, autoscaling=autoscaling)
     if not Path(config.output.dir).is_absolute():
         log.warning("output.dir '%s' is relative: on the cluster it lands inside the job's unpacked working "
                     "directory on the driver node; give an absolute path on storage you can read", config.output.dir)
@@ -329,7 +351,7 @@ def submit(config_path: str, overrides: Sequence[str], *, address: Optional[str]
     if image:
         runtime_env["image_uri"] = image
     entrypoint = shlex.join(["damoc", "select", relative.as_posix(), *overrides, "cluster.address=auto"])
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name or "damoc")[:40]
+    name = run_name(config)[:40]
     submission_id = submission_id or f"damoc-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     log.info("uploading %s (without %s) to %s", root, ", ".join(e.rstrip("/") for e in DEFAULT_EXCLUDES[:4]),
              info.address)
@@ -337,6 +359,8 @@ def submit(config_path: str, overrides: Sequence[str], *, address: Optional[str]
     try:
         with _quiet_ray():
             metadata = {"damoc_config": relative.as_posix(), "damoc_output_dir": config.output.dir}
+            if config.cluster.storage_path:
+                metadata["damoc_stored_report"] = report_uri(config.cluster.storage_path, run_name(config)) + "/report.json"
             job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                        submission_id=submission_id, metadata=metadata)
     except (RuntimeError, ConnectionError, ValueError) as e:
@@ -410,10 +434,13 @@ def describe(job, job_id: str) -> list[str]:
         lines.append(f"ended: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.end_time / 1000))}"
                      f" ({(job.end_time - job.start_time) / 1000:.0f} s)")
     where = report_location(job)
+    stored = (job.metadata or {}).get("damoc_stored_report")
     if where and str(job.status) == "SUCCEEDED":
         lines.append(f"report: {where}")
+        if stored:
+            lines.append(f"stored: {stored}")
     elif where and str(job.status) not in TERMINAL:
-        lines.append(f"report (when it succeeds): {where}")
+        lines.append(f"report (when it succeeds): {where}" + (f" and {stored}" if stored else ""))
     return lines
 
 

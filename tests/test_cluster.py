@@ -140,6 +140,15 @@ def test_preflight_on_described_clusters(tmp_path):
     two = sub.ClusterInfo("http://h:8265", "token", [sub.Node("a", "10.0.0.1", True, 0, 0),
                                                       sub.Node("b", "10.0.0.2", False, 8, 1)])
     sub.check_fits(config(), one)  # one node: local storage is fine
+    # An autoscaling cluster: today's nodes do not bound the workers, but storage must be shared.
+    sub.check_fits(config("cluster.shared_storage=true", "cluster.gpus_per_worker=8"), one, autoscaling=True)
+    with pytest.raises(sub.ClusterError, match=re.escape("has nodes added by its autoscaler: trials on other nodes")):
+        sub.check_fits(config("cluster.gpus_per_worker=1"), one, autoscaling=True)
+    # STRICT_PACK puts all of a trial's workers on one node: their sum must fit one.
+    packed = ("cluster.shared_storage=true", "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=5")
+    sub.check_fits(config(*packed, "cluster.placement_strategy=PACK"), two)
+    with pytest.raises(sub.ClusterError, match=re.escape("STRICT_PACK puts all 2 workers of a trial on one node (10 CPUs")):
+        sub.check_fits(config(*packed, "cluster.placement_strategy=STRICT_PACK"), two)
     sub.check_fits(config("cluster.shared_storage=true", "cluster.gpus_per_worker=1"), two)
     for extra, fragment in [((), "cluster.storage_path is not set"),
                             (("cluster.storage_path=file:///x",), "'file:///x' is a local path"),
@@ -174,6 +183,26 @@ def test_submit_spreads_trials_over_both_nodes(cluster, finished_job):
     nodes = {n["node_id"] for n in cluster.alive_nodes()}
     # Two trials at once, one CPU each, one CPU per node: one trial on each node.
     assert len(nodes) == 2 and {c["node_id"] for c in report["candidates"]} == nodes
+    # The report is also in the run's Ray storage (cluster.storage_path), where the trials are.
+    stored = Path(f"{out}-ray") / "micro-report"
+    assert f"stored: {stored}/report.json" in stdout
+    assert json.loads((stored / "report.json").read_text()) == report
+    assert (stored / "report.md").read_text() == (out / "report.md").read_text()
+    assert (stored / "winner" / "llamafactory.yaml").is_file() and not (stored / "ray_results").exists()
+
+
+def test_train_workers_of_one_trial_spread_over_both_nodes(cluster, micro_zoo_cache, tmp_path, cli):
+    """A candidate trained by two Ray Train workers (DDP on gloo) with placement SPREAD: one worker
+    on each node, as the report's worker_nodes shows."""
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, "--wait", "--timeout", JOB_TIMEOUT,
+                            "candidates=[zoo:micro/micro-qwen2-tiny-domain]", "ranking.baselines=[]",
+                            "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
+                            "cluster.placement_strategy=SPREAD", *overrides(tmp_path / "out", cache))
+    assert code == 0 and "status: SUCCEEDED" in stdout, err + stdout
+    (entry,) = json.loads((tmp_path / "out" / "report.json").read_text())["candidates"]
+    assert entry["status"] == "ok" and entry["workers"] == 2, entry
+    assert sorted(entry["worker_nodes"]) == sorted(n["node_id"] for n in cluster.alive_nodes())
 
 
 def test_status_and_logs_of_the_finished_job(cluster, cli, finished_job, monkeypatch):

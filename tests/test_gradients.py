@@ -146,6 +146,43 @@ def test_cherry_ifd_under_the_pre_experienced_model(lm, lexcat):
     assert np.array_equal(ifd, G.cherry_ifd(lm, rows, np.array([0, 3, 5, 9]), steps=10, learning_rate=1e-2, seed=0))
 
 
+def test_the_stage_path_equals_the_in_process_functions(lm, micro_zoo, lexcat, defgen, tmp_path):
+    """What the stage runs (fine-tune once here, save the checkpoint, score the rows with a scorer
+    class on an engine, in batches unlike the reference's) gives the numbers of cherry_ifd,
+    necessity_losses and less_scores."""
+    from damoc.data.engine import LocalEngine
+    from damoc.data.scorers import IFDScorer, LessGradientScorer
+
+    engine = LocalEngine(batch_size=5)
+    tune = {"steps": 10, "learning_rate": 1e-2, "seed": 0}
+
+    rows, pre = lexcat[:24], [0, 3, 5, 9]
+    G.save_merged(G.pre_experienced_model(lm, rows, pre, **tune), tmp_path / "cherry")
+    assert not list((tmp_path / "cherry").glob("*.bin")) and list((tmp_path / "cherry").glob("*.safetensors"))
+    ifd = engine.map(IFDScorer, {"model": str(tmp_path / "cherry")}, rows, desc="cherry")["ifd"]
+    np.testing.assert_allclose(ifd, G.cherry_ifd(lm, rows, pre, **tune), rtol=1e-5)
+
+    seed_rows, candidates = defgen[:8], defgen[8:20]
+    G.save_merged(G.seed_model(lm, seed_rows, **tune), tmp_path / "mods")
+    out = engine.map(IFDScorer, {"model": str(tmp_path / "mods"), "conditioned_only": True}, candidates, desc="mods")
+    np.testing.assert_allclose(out["loss_conditioned"], G.necessity_losses(lm, seed_rows, candidates, **tune), rtol=1e-5)
+    assert np.isnan(out["loss_alone"]).all()
+
+    train, validation = lexcat[30:50], lexcat[50:58]
+    warmup = {"warmup_ratio": 0.25, "learning_rate": 1e-2, "seed": 0}
+    settings = {"proj_dim": 64, "seed": 0, "max_seq_length": G.MAX_SEQ_LENGTH, "gradient_block": 4,
+                "chunk_rows": G.DEFAULT_CHUNK_ROWS}
+    model, adam = G.less_warmup(lm, train, **warmup)
+    G.save_less_checkpoint(tmp_path / "less", model, adam, base=str(micro_zoo / "micro-qwen2-tiny-domain"),
+                           settings=settings)
+    assert not list((tmp_path / "less").rglob("*.bin")) and len(list((tmp_path / "less").rglob("*.safetensors"))) == 2
+    features = [engine.map(LessGradientScorer, {"model": str(tmp_path / "less"), "adam": adam_rows}, split,
+                           desc="less")["feature"] for split, adam_rows in ((train, True), (validation, False))]
+    assert features[0].shape == (20, 64) and features[1].shape == (8, 64)
+    reference = G.less_scores(lm, train, validation, proj_dim=64, gradient_block=4, **warmup)
+    np.testing.assert_allclose(G.less_influence(*features), reference, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda lm, rows: G.less_scores(lm, rows, []), "validation_records is empty"),
     (lambda lm, rows: G.less_scores(lm, [], rows), "train_records is empty"),

@@ -69,3 +69,32 @@ def test_long_texts_are_scored_in_windows(lm):
 ])
 def test_rating_replies_are_parsed(reply, value):
     assert parse_rating(reply, low=0, high=5) == value
+
+
+def test_rating_prompts_cut_the_row_never_the_template(lm):
+    """A row too long for the context is shortened inside the template: the instruction at the
+    start and the closing cue ("Score:") always reach the model, within max_length - reserve."""
+    from damoc.data.scorers import ALPAGASUS_PROMPT, DEITA_COMPLEXITY_PROMPT, RatingScorer
+
+    short = ScorerLM(lm.model, lm.tokenizer, max_length=200)
+    row = {"prompt": "the heart pumps blood through the body " * 40, "response": "a muscular organ " * 60}
+    for template, fields, reserve in ((ALPAGASUS_PROMPT, row, 12), (DEITA_COMPLEXITY_PROMPT, {"prompt": row["prompt"]}, 0)):
+        prompt = short.fill_template(template, fields, reserve=reserve)
+        ids = short.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert short._prompt_length(prompt) <= 200 - reserve
+        seen = short.tokenizer.decode(short._left_truncate(ids, reserve), skip_special_tokens=True)  # what the model reads
+        head, tail = template.split("{")[0].strip(), template.rsplit("}", 1)[1].strip()
+        assert seen.lstrip().startswith(head[:40]) and tail in seen[-len(tail) - 4:]
+        assert all(text[:20] in prompt and text not in prompt for text in fields.values())  # each field: its start
+    # A row that fits is left alone.
+    small = {"prompt": "Word: heart.", "response": "body"}
+    assert short.fill_template(ALPAGASUS_PROMPT, small) == short.chat(ALPAGASUS_PROMPT.format(**small))
+
+    # The AlpaGasus scorer builds its prompts this way (generation's reserve included).
+    scorer = RatingScorer.__new__(RatingScorer)
+    scorer.lm, scorer.batch_size, scorer.max_new_tokens = short, 2, 12
+    sent = []
+    short.generate = lambda prompts, **_: sent.extend(prompts) or ["Score: 4"] * len(prompts)
+    out = scorer({"index": np.arange(1), "prompt": np.array([row["prompt"]]), "response": np.array([row["response"]])})
+    assert out["rating"].tolist() == [4.0] and short._prompt_length(sent[0]) <= 200 - 12
+    assert sent[0].startswith("You are a careful reviewer") and sent[0].rstrip().endswith("Score:")

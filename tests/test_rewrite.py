@@ -155,7 +155,9 @@ def test_gate_and_rewrite_outcomes_rounds_and_summary(gate):
     assert records[3]["f1_final"] == pytest.approx(expected[2]) and records[3]["f1_final"] >= THRESHOLD
     # A near miss is never used: the fallback is the original, whose F1 is 1.
     assert records[4]["f1_final"] == 1.0 and records[5]["f1_compressed"] == 0.0
-    assert all(set(r) == {"outcome", "f1_compressed", "f1_final", "rounds"} for r in records)
+    assert all(set(r) == {"outcome", "f1_compressed", "f1_final", "f1_rewrite", "rounds"} for r in records)
+    assert records[0]["f1_rewrite"] is None and records[3]["f1_rewrite"] == records[3]["f1_final"]
+    assert records[4]["f1_rewrite"] == pytest.approx(gate.f1([NEAR_4], [ORIGINALS[4]])[0])  # its best: the near miss
 
     summary = summarize(records)
     assert {k: summary[k] for k in ("items", "gated", "rewrites_attempted", "accepted", "fallback", "passed")} == {
@@ -182,6 +184,56 @@ def test_rounds_stop_at_max_rounds(gate):
     _, records = gate_and_rewrite(ORIGINALS[:2], COMPRESSED[:2], gate=gate, rewriter=idle, threshold=THRESHOLD,
                                   max_rounds=3)
     assert idle.calls == [] and {r["outcome"] for r in records} == {"passed"}
+
+
+class TableGate:
+    """A stand-in gate: F1 looked up by candidate text ("" scores 0, like the real gate)."""
+
+    def __init__(self, table: dict[str, float]):
+        self.table = table
+
+    def f1(self, candidates, references):
+        return np.array([self.table.get(c, 0.0) if c else 0.0 for c in candidates])
+
+
+def test_the_best_round_is_kept_and_a_failing_best_falls_back(monkeypatch):
+    table = {"c-a": 0.5, "c-b": 0.5, "c-c": 0.5, "a0": 0.70, "a1": 0.80, "a2": 0.75,
+             "b0": 0.60, "b1": 0.93, "c0": 0.72, "c1": 0.95}
+    script = {"c-a": ["a0", "a1", "a2"], "c-b": ["b0", "b1", "never"], "c-c": ["c0", "c1", "never"]}
+    rewriter = ScriptedRewriter(script)
+    bars = []
+
+    class Bar:
+        def __init__(self, desc, total):
+            self.desc, self.total, self.n = desc, total, 0
+
+        def __enter__(self):
+            bars.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix_str(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(rewrite, "progress", lambda desc, total, unit: Bar(desc, total))
+    texts, records = gate_and_rewrite(["o-a", "o-b", "o-c"], ["c-a", "c-b", "c-c"], gate=TableGate(table),
+                                      rewriter=rewriter, threshold=0.9, max_rounds=3, desc="data: prompts")
+    # a: rounds 0.70, 0.80, 0.75 -> the best (round 1, 0.80) is kept as the item's rewrite, and fails: original.
+    # b, c: the round that passes has the highest F1 of the item's rounds, and the loop stops there.
+    assert [r["outcome"] for r in records] == ["fallback", "rewritten", "rewritten"]
+    assert texts == ["o-a", "b1", "c1"]
+    assert [r["f1_rewrite"] for r in records] == [0.80, 0.93, 0.95] and records[0]["f1_final"] == 1.0
+    assert [r["rounds"] for r in records] == [3, 2, 2]
+    assert [calls[1] for calls in rewriter.calls] == [0, 1, 2] and rewriter.calls[2][0] == ["c-a"]
+    assert summarize(records)["f1_rewrite"]["max"] == 0.95
+    # One bar for the gate over every text, one for the rewrite over the gated texts; both complete.
+    assert [(b.desc, b.total, b.n) for b in bars] == [("data: prompts: BERTScore gate", 3, 3),
+                                                      ("data: prompts: rewrite", 3, 3)]
 
 
 def test_validation(gate):

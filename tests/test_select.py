@@ -112,6 +112,8 @@ def test_winner_configs_for_llamafactory_and_axolotl(selection):
     assert lf["model_name_or_path"] == str(Path(winner["path"]).resolve()) == ax["base_model"]
     assert lf["stage"] == "sft" and lf["finetuning_type"] == "full" and "adapter" not in ax  # micro.yaml: full
     assert lf["trust_remote_code"] is False and ax["trust_remote_code"] is False
+    # training.deepspeed: auto is ZeRO-2 only for full fine-tuning over several GPU workers; not here.
+    assert "deepspeed" not in lf and "deepspeed" not in ax
     info = json.loads((Path(lf["dataset_dir"]) / "dataset_info.json").read_text())
     rows = json.loads((Path(lf["dataset_dir"]) / info[lf["dataset"]]["file_name"]).read_text())
     assert len(rows) == report["task"]["splits"]["train"] and {"instruction", "output"} <= set(rows[0])

@@ -72,6 +72,7 @@ class DataConfig(Section):
 class FilterConfig(Section):
     method: str = Field("none", description="Filtering method: none, random, or one of the nine DaMoC filters: dq, graphcut, kcenter (distribution-aware), alpagasus, superfiltering, less (quality-aware), mods, cherry, deita (hybrid). `damoc data methods` lists them with their parameters.")
     keep_ratio: float = Field(1.0, gt=0, le=1, description="Fraction of training rows to keep (round half up, at least one row).")
+    budget_rows: Optional[int] = Field(None, ge=1, strict=True, description="Number of training rows to keep instead of keep_ratio (an error with a keep_ratio other than 1); a budget above the rows keeps them all, with a note in stats.json.")
     params: dict[str, Any] = Field(default_factory=dict, description="Method-specific parameters (e.g. dq: {bins: 10}, deita: {tau: 0.9}); unknown names are an error.")
 
     @field_validator("method")
@@ -82,6 +83,14 @@ class FilterConfig(Section):
         if method not in FILTERS:
             raise ValueError(f"unknown filter '{method}' (available: {', '.join(FILTERS)})")
         return method
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        # keep_ratio 1 (the default) is no competing budget: a saved config (every field written out) reloads.
+        if self.budget_rows is not None and "keep_ratio" in self.model_fields_set and self.keep_ratio != 1.0:
+            raise ValueError(f"set keep_ratio or budget_rows, not both (keep_ratio {self.keep_ratio}, "
+                             f"budget_rows {self.budget_rows})")
+        return self
 
 
 class TokenCompressionConfig(Section):
@@ -168,7 +177,7 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Linear warm-up as a fraction of steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     bf16: Union[bool, Literal["auto"]] = Field("auto", description="bf16 autocast: auto = on when a GPU supports it.")
-    deepspeed: Optional[str] = Field(None, description="DeepSpeed config: a JSON path or a preset (`zero2`).")
+    deepspeed: Optional[str] = Field("auto", description="DeepSpeed config: `auto` (ZeRO-2 for full fine-tuning on more than one GPU worker, off otherwise), a preset (`zero2`), a JSON path, or null (off).")
     seed: int = Field(0, description="Seed for data order and initialisation.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
@@ -239,7 +248,7 @@ class ClusterConfig(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="How a trial's workers are placed on nodes.")
     storage_path: Optional[str] = Field(None, description="Ray storage for trial results: a local dir, or shared storage (s3://, gs://, NFS) on multi-node clusters.")
     shared_storage: bool = Field(False, description="Assert that every node mounts output.cache_dir and a local storage_path at the same path (NFS, a shared volume, one machine). `damoc submit` refuses a multi-node cluster without it: trials read the compressed data and candidate checkpoints from the stage cache.")
-    max_failures: int = Field(1, ge=0, description="Retries of a trial whose worker died.")
+    max_failures: int = Field(1, ge=0, description="Restarts of a trial's Ray Train worker group after a worker died (workers_per_candidate >= 1). An in-process trial (workers_per_candidate=0) lost with its node is reported failed; the next run of the same selection retrains only it.")
 
 
 class OutputConfig(Section):

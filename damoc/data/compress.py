@@ -7,15 +7,20 @@ compressed text by BERTScore and rewrite what fails. Validation and test rows ar
 
 Scorers run on the configured engine (Ray Data actors or in-process, damoc.data.engine) and
 their outputs are cached by fingerprint (model weights, settings, rows), so a crashed run resumes
-without re-scoring and a sweep over keep ratios scores once. Every sub-stage's wall time, rows and
-tokens go into the stats the report's cost accounting reads.
+without re-scoring and a sweep over keep ratios scores once. The methods that fine-tune the scorer
+first (LESS, MoDS, Cherry) train once in this process, save the result under CACHE/data-finetunes
+(also cached by fingerprint), and score their rows with it on the engine like every other scorer.
+Every sub-stage's wall time, rows and tokens go into the stats the report's cost accounting reads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -26,11 +31,12 @@ from damoc import fingerprint as fp
 from damoc.config.schema import DataCompressionConfig
 from damoc.data.filters import FILTERS, NEEDS, method_params
 from damoc.data.load import LoadedData
-from damoc.errors import DataError
+from damoc.errors import DamocError, DataError
 from damoc.io import atomic_dir
 
 log = logging.getLogger("damoc.data")
 SCORES_STAGE = "data-scores"
+FINETUNE_STAGE = "data-finetunes"
 
 
 # ------------------------------------------------------------------------------ models
@@ -71,6 +77,14 @@ class ScorerModels:
         path = self.path(role)
         return "default-minilm" if path is None else checkpoint_digest(path)
 
+    def scorer_tokenizer(self):
+        """(tokenizer, what it is) of the scorer LM, loading no weights (damoc.data.lm.load_scorer_tokenizer);
+        ConfigError or DamocError when none can be resolved or read."""
+        from damoc.data.lm import load_scorer_tokenizer
+
+        reference = self._paths.get("scorer") or self.cfg.scorer_model      # resolved already: no second resolve
+        return load_scorer_tokenizer(reference, self.cache_root, trust_remote_code=self.cfg.trust_remote_code)
+
 
 # ------------------------------------------------------------------------------ filter context
 class FilterContext:
@@ -90,6 +104,7 @@ class FilterContext:
         self.seconds = seconds
         self._scores: dict[str, dict] = {}
         self._lm = None
+        self._scratch: Optional[Path] = None
 
     def step(self, name: str, rows_in: int, rows_out: int, **extra) -> None:
         self.steps.append({"step": name, "rows_in": int(rows_in), "rows_out": int(rows_out), **extra})
@@ -105,9 +120,10 @@ class FilterContext:
         settings: dict[str, Any] = {"model": self.models.path(role), "batch_size": self.batch_size}
         if role != "embedding":
             settings.update(trust_remote_code=self.cfg.trust_remote_code, max_length=self.cfg.max_length)
+        key = {**settings, "model": self.models.digest(role), "batch_size": None}
         if name == "reward":
             settings["reward_model"] = self.params.get("reward_model")
-        key = {**settings, "model": self.models.digest(role), "batch_size": None}
+            key["reward_model"] = _reward_digest(settings["reward_model"])
         return settings, key
 
     def scores(self, name: str) -> dict[str, np.ndarray]:
@@ -117,21 +133,48 @@ class FilterContext:
         from damoc.data.scorers import SCORERS
 
         settings, key = self.scorer_settings(name)
-        started = time.perf_counter()
-        out = self._disk_cached(f"score-{name}", key, lambda: self.engine.map(
-            SCORERS[name], settings, self.records, desc=f"data: {name} scores"))
-        self.seconds[f"score:{name}"] = round(time.perf_counter() - started, 3)
+        with _timed(self.seconds, f"score:{name}"):
+            out = self._disk_cached(f"score-{name}", key, lambda: self.engine.map(
+                SCORERS[name], settings, self.records, desc=f"data: {name} scores"))
         self._scores[name] = out
         return out
 
-    def cached_array(self, name: str, settings: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """One array per row from an in-process computation (LESS, MoDS, Cherry), cached like scores."""
-        started = time.perf_counter()
-        key = {"settings": settings, "scorer": self.models.digest("scorer"), "seed": self.seed,
-               "validation": fp.fingerprint("rows", [r["id"] for r in self.validation])}
-        out = self._disk_cached(name, key, lambda: {"values": np.asarray(compute())})["values"]
-        self.seconds[name] = round(time.perf_counter() - started, 3)
-        return out
+    def tuned_scores(self, name: str, tune: dict, train: Callable[[Path], None], scorer_cls: type,
+                     records: Sequence[dict], *, desc: str, **options) -> dict[str, np.ndarray]:
+        """Per-row outputs of `scorer_cls` on the engine under a model fine-tuned once, in this
+        process (LESS's warm-up, MoDS's seed model, Cherry's pre-experienced model).
+
+        `train(directory)` fine-tunes the scorer LM and writes what the scorer class loads into
+        `directory` (safetensors only). That checkpoint is cached by fingerprint (`tune`, the
+        scorer's weights and settings, the seed, the batch size and the training rows) under
+        CACHE/data-finetunes, written to a temporary directory and renamed into place, so a re-run
+        does not retrain. The scorer gets `model` = the checkpoint directory plus `options`; its
+        outputs are cached like `scores` (and when they are, nothing is trained or loaded). On a
+        multi-node Ray cluster the cache directory must be shared storage, as the actors read the
+        checkpoint from it."""
+        settings, key = self.scorer_settings("ifd")          # the scorer LM's settings
+        tuned = fp.fingerprint(FINETUNE_STAGE, name, tune, key, self.seed, self.batch_size, self.rows_digest)
+        rows = fp.fingerprint("rows", [[r.get("id"), r["prompt"], r["response"]] for r in records])
+
+        def score() -> dict:
+            checkpoint = self._checkpoint(name, tuned, train)
+            return self.engine.map(scorer_cls, {**settings, **options, "model": str(checkpoint)}, records, desc=desc)
+
+        with _timed(self.seconds, f"score:{name}"):
+            return self._disk_cached(f"tuned-{name}", {"tuned": tuned, "options": options, "rows": rows}, score)
+
+    def _checkpoint(self, name: str, tuned: str, train: Callable[[Path], None]) -> Path:
+        if self.cache_root is None and self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="damoc-finetunes-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)
+        entry = fp.stage_dir(self.cache_root or self._scratch, FINETUNE_STAGE, tuned)
+        if fp.is_done(entry):
+            log.info("data: %s fine-tune from the cache", name)
+            return entry
+        with _timed(self.seconds, f"finetune:{name}"), atomic_dir(entry) as tmp:
+            train(tmp)
+            fp.write_summary(tmp, {"finetune": name})
+        return entry
 
     def scorer_lm(self):
         if self._lm is None:
@@ -179,6 +222,26 @@ def budget(n: int, keep_ratio: float) -> int:
     return selector_budget(n, keep_ratio) if n else 0
 
 
+def row_budget(n: int, cfg: DataCompressionConfig) -> tuple[int, dict]:
+    """Rows the filter keeps, and what stats should say about it: `filter.budget_rows` when set (a
+    budget above the n training rows keeps all n, with a note), else round-half-up(n x keep_ratio);
+    `none` keeps every row."""
+    f = cfg.filter
+    if f.method == "none":
+        return n, {}
+    if f.budget_rows is None:
+        return budget(n, f.keep_ratio), {}
+    if f.budget_rows > n:
+        return n, {"budget_note": f"budget_rows {f.budget_rows} exceeds the {n} training rows: all {n} kept"}
+    return f.budget_rows, {}
+
+
+def _reward_digest(reward_model: Optional[str]) -> Optional[str]:
+    from damoc.models.load import checkpoint_digest
+
+    return checkpoint_digest(reward_model) if reward_model else None
+
+
 def compress_data(data: LoadedData, cfg: DataCompressionConfig, seed: int = 0, *, cache_root: Optional[Path] = None,
                   engine=None) -> tuple[LoadedData, dict]:
     """Compress the training split. Returns the compressed data and the stage's stats (rows,
@@ -198,7 +261,7 @@ def compress_data(data: LoadedData, cfg: DataCompressionConfig, seed: int = 0, *
     own_engine = engine is None
     engine = engine or make_engine(cfg.engine, batch_size=cfg.batch_size, actors=cfg.actors,
                                    cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor)
-    keep = len(train) if method == "none" else budget(len(train), cfg.filter.keep_ratio)
+    keep, budget_info = row_budget(len(train), cfg)
     ctx = FilterContext(train, list(data.splits.get("validation", [])), keep=keep, seed=seed, params=params, cfg=cfg,
                         models=models, engine=engine, cache_root=cache_root,
                         rows_digest=fp.fingerprint("rows", [[r["id"], r["prompt"], r["response"]] for r in train]),
@@ -219,8 +282,8 @@ def compress_data(data: LoadedData, cfg: DataCompressionConfig, seed: int = 0, *
 
     out = LoadedData(splits=dict(data.splits, train=compressed), task_type=data.task_type, format=data.format,
                      source=data.source, carved=data.carved, skipped=data.skipped, fingerprint=data.fingerprint)
-    stats = {"filter": {"method": method, "keep_ratio": cfg.filter.keep_ratio, "params": params,
-                        "budget": keep, "steps": ctx.steps, **ctx.notes},
+    stats = {"filter": {"method": method, "keep_ratio": cfg.filter.keep_ratio, "budget_rows": cfg.filter.budget_rows,
+                        "params": params, "budget": keep, **budget_info, "steps": ctx.steps, **ctx.notes},
              "rows_in": len(train), "rows_out": len(compressed), "engine": engine.name,
              "tokens": tokens_info, "rewrite": rewrite_info}
     stats.update(_token_totals(ctx, train, kept, compressed))
@@ -254,6 +317,24 @@ def check_scorer_models(cfg: DataCompressionConfig, cache_root: Path) -> None:
     for role in roles_needed(cfg):
         if role != "embedding":
             check_causal_lm(models.path(role), trust_remote_code=cfg.trust_remote_code, key=keys[role])
+    reward = cfg.filter.params.get("reward_model") if cfg.filter.method == "mods" else None
+    if reward:
+        _check_reward_model(reward, trust_remote_code=cfg.trust_remote_code)
+
+
+def _check_reward_model(path: str, *, trust_remote_code: bool) -> None:
+    """ConfigError unless `path` holds a sequence-classification model with one output (its config only)."""
+    from transformers import AutoConfig
+
+    from damoc.data.lm import read_pretrained
+    from damoc.errors import ConfigError
+
+    key = "data_compression.filter.params.reward_model"
+    config = read_pretrained(AutoConfig, path, trust_remote_code=trust_remote_code, key=key)
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or config.num_labels != 1:
+        raise ConfigError(f"{key}: {path} is not a reward model (a sequence-classification checkpoint with one "
+                          f"output; got {', '.join(archs) or config.model_type} with {config.num_labels} labels)")
 
 
 def stage_fingerprint(cfg: DataCompressionConfig, data_fingerprint: str, seed: int, cache_root: Path) -> str:
@@ -261,8 +342,10 @@ def stage_fingerprint(cfg: DataCompressionConfig, data_fingerprint: str, seed: i
     where scorers run), the scorer models' weights and the seed."""
     models = ScorerModels(cfg, cache_root)
     settings = cfg.model_dump(mode="json", exclude={"engine", "actors", "cpus_per_actor", "gpus_per_actor"})
-    return fp.fingerprint("data-compressed", data_fingerprint, settings, seed,
-                          {role: models.digest(role) for role in roles_needed(cfg)}, stage_version=2)
+    weights = {role: models.digest(role) for role in roles_needed(cfg)}
+    if cfg.filter.params.get("reward_model"):
+        weights["reward_model"] = _reward_digest(cfg.filter.params["reward_model"])
+    return fp.fingerprint("data-compressed", data_fingerprint, settings, seed, weights, stage_version=3)
 
 
 def _token_compression(ctx: FilterContext, kept: list[dict], task_type: str, seconds: dict) -> tuple[dict, list[dict]]:
@@ -315,7 +398,7 @@ def _rewrite(ctx: FilterContext, originals: list[dict], compressed: list[dict], 
         with _timed(seconds, "rewrite"):
             texts, records = gate_and_rewrite([originals[i][name] for i in rows], [compressed[i][name] for i in rows],
                                               gate=gate, rewriter=rewriter, threshold=rewrite.threshold,
-                                              max_rounds=rewrite.max_rounds)
+                                              max_rounds=rewrite.max_rounds, desc=f"data: {name}s")
         for i, text, record in zip(rows, texts, records):
             out[i][name] = text
             out[i]["meta"].setdefault("rewrite", {})[name] = record["outcome"]
@@ -338,18 +421,25 @@ def _field_tokens(tokenizer, stages: dict[str, list[dict]]) -> dict:
 
 
 def _token_totals(ctx: FilterContext, train: list[dict], kept: list[dict], final: list[dict]) -> dict:
-    """tokens_in/tokens_out (prompt + response of the training rows) in the scorer's tokenizer when
-    the stage uses a scorer LM; otherwise whitespace words until a caller adds candidate counts."""
+    """tokens_in/tokens_out (prompt + response of the training rows) in the scorer LM's tokenizer
+    (data_compression.scorer_model, resolved as the scorers resolve it), whatever the method:
+    embedding-only, `random` and `none` load just the tokenizer. `tokenizer_model` names it. Only
+    when no scorer tokenizer can be resolved at all (no scorer_model and the default SmolLM2 not
+    installed, or an unreadable one) are whitespace-separated words counted, `tokenizer` is
+    "whitespace" and `tokenizer_note` says why."""
     stages = {"tokens_in": train, "tokens_after_filter": kept, "tokens_out": final}
-    if ctx._lm is not None or "scorer" in ctx.models._paths:     # the scorer LM took part
-        from transformers import AutoTokenizer
-
-        tokenizer = ctx._lm.tokenizer if ctx._lm is not None else AutoTokenizer.from_pretrained(ctx.models.path("scorer"))
+    with _timed(ctx.seconds, "token_counts"):
+        try:
+            tokenizer, name = (ctx._lm.tokenizer, ctx._lm.name) if ctx._lm is not None else ctx.models.scorer_tokenizer()
+        except DamocError as e:
+            words = lambda rows: sum(len(r["prompt"].split()) + len(r["response"].split()) for r in rows)  # noqa: E731
+            note = f"no scorer tokenizer ({str(e).strip().splitlines()[0]}); counted whitespace-separated words"
+            log.warning("data: %s", note)
+            return {"tokenizer": "whitespace", "tokenizer_model": None, "tokenizer_note": note,
+                    "tokens_in": words(train), "tokens_out": words(final)}
         counts = _field_tokens(tokenizer, stages)
-        return {"tokenizer": "scorer", "tokens_in": counts["tokens_in"], "tokens_out": counts["tokens_out"],
-                "token_fields": counts["fields"]}
-    words = lambda rows: sum(len(r["prompt"].split()) + len(r["response"].split()) for r in rows)  # noqa: E731
-    return {"tokenizer": "whitespace", "tokens_in": words(train), "tokens_out": words(final)}
+    return {"tokenizer": "scorer", "tokenizer_model": str(name), "tokens_in": counts["tokens_in"],
+            "tokens_out": counts["tokens_out"], "token_fields": counts["fields"]}
 
 
 def token_counts(train: list[dict], final: list[dict], candidate_tokenizers: dict[str, str]) -> dict:
@@ -398,8 +488,12 @@ def format_stats(stats: dict) -> str:
     """The stage in a few lines: rows and tokens in/out, each filter step, token compression per
     field, the gate, and seconds per sub-stage."""
     f = stats["filter"]
-    lines = [f"filter {f['method']} (keep_ratio {f['keep_ratio']}): rows {stats['rows_in']} -> {stats['rows_out']}; "
+    share = f"budget_rows {f['budget_rows']}" if f.get("budget_rows") is not None else f"keep_ratio {f['keep_ratio']}"
+    lines = [f"filter {f['method']} ({share}): rows {stats['rows_in']} -> {stats['rows_out']}; "
              f"tokens ({stats.get('tokenizer')}) {stats.get('tokens_in')} -> {stats.get('tokens_out')}"]
+    for note in (f.get("budget_note"), stats.get("tokenizer_note")):
+        if note:
+            lines.append(f"  note: {note}")
     for step in f.get("steps", [])[:-1]:
         lines.append(f"  {step['step']}: {step['rows_in']} -> {step['rows_out']}")
     tokens = stats.get("tokens") or {}

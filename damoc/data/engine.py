@@ -72,7 +72,8 @@ class LocalEngine:
 
 class RayDataEngine:
     """Scorers as Ray Data class UDFs: `map_batches(Scorer, compute=ActorPoolStrategy(size=actors),
-    num_cpus=..., num_gpus=...)`. Ray must be initialised by the caller (damoc.orchestrate.init_ray)."""
+    num_cpus=..., num_gpus=...)`. Ray must be initialised by the caller (damoc.orchestrate.init_ray).
+    The driver shows a progress bar over the rows as scored batches come back."""
 
     name = "ray_data"
 
@@ -112,7 +113,11 @@ class RayDataEngine:
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=cpus,
             num_gpus=self.gpus_per_actor or None)
         log.info("%s on Ray Data (%d actor(s), %g CPU each)", desc, self.actors, cpus)
-        parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        parts = []
+        with progress(desc=desc, total=len(records), unit="row") as bar:
+            for part in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                parts.append(part)
+                bar.update(len(part["index"]))
         return _gather(parts, scorer_cls.outputs, len(records))
 
     def close(self) -> None:

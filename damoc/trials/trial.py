@@ -43,6 +43,18 @@ def node_id() -> str | None:
         return None
 
 
+def worker_nodes(world: int, own: str | None) -> list[str | None]:
+    """The Ray node of every worker of a multi-worker trial, in rank order (every rank must call
+    this: it is a collective); [own] for a single worker."""
+    if world <= 1:
+        return [own]
+    import torch.distributed as dist
+
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, own)
+    return nodes
+
+
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -69,6 +81,16 @@ def _single_process_group() -> bool:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
     return True
+
+
+def resolve_deepspeed(spec: str | None, *, method: str, workers: int, gpus_per_worker: float) -> str | None:
+    """`training.deepspeed` as a trial uses it: `auto` is ZeRO-2 for full fine-tuning data-parallel
+    over more than one GPU worker (optimizer state and gradients sharded: what lets a 7B model's
+    full fine-tune fit 80 GB cards), and off otherwise (one worker gains nothing from sharding;
+    LoRA's optimizer state is small)."""
+    if spec != "auto":
+        return spec
+    return "zero2" if method == "full" and workers > 1 and gpus_per_worker > 0 else None
 
 
 def deepspeed_config(spec: str, *, batch_size: int, accumulation: int, bf16: bool) -> dict:
@@ -168,10 +190,14 @@ def run_trial(settings: dict, report: Report) -> dict:
     wall: dict[str, float] = {}
     result = {"name": candidate["name"], "mode": settings["mode"], "status": "ok", "error": None,
               "node_id": node_id()}
+    # Where each Ray Train worker runs (placement_strategy decides): gathered before anything can
+    # fail, so every rank takes part in the collective.
+    result["worker_nodes"] = worker_nodes(world, result["node_id"])
 
     def fail(message: str) -> dict:
         result.update(status="failed", error=message, wall_s=wall)
-        report({**failure_metrics(message), "info_json": json.dumps({"node_id": result["node_id"]})})
+        report({**failure_metrics(message), "info_json": json.dumps({"node_id": result["node_id"],
+                                                                     "worker_nodes": result["worker_nodes"]})})
         return result
 
     t = time.perf_counter()
@@ -212,7 +238,8 @@ def run_trial(settings: dict, report: Report) -> dict:
     # Reported before training, so a trial the scheduler stops still has its baselines and size.
     report({"step": 0, "budget": 0, "status": "baselines", "val_eval_loss": FAILED_LOSS,
             "info_json": json.dumps({"baselines": result.get("baselines", {}), "params": params,
-                                     "architecture": result["architecture"], "node_id": result["node_id"]}),
+                                     "architecture": result["architecture"], "node_id": result["node_id"],
+                                     "worker_nodes": result["worker_nodes"]}),
             "elapsed_s": time.perf_counter() - started})
 
     t = time.perf_counter()
