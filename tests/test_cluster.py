@@ -279,8 +279,10 @@ def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluste
     """Kill the second node while it runs a trial (after another trial has finished): the job
     still succeeds, the lost trial is reported failed, and submitting again retrains only it."""
     cache = fresh_cache(tmp_path, micro_zoo_cache)
+    # A fresh actor process per trial (no reuse), so that a trial's process on the worker tells
+    # that a trial is running there.
     common = [CONFIG, "--address", cluster.address, THREE, "ranking.early_stopping.scheduler=none",
-              "cluster.max_concurrent_trials=2"]
+              "cluster.max_concurrent_trials=2", "cluster.reuse_actors=false"]
     code, stdout, err = cli("submit", *common, *overrides(tmp_path / "first", cache))
     assert code == 0, err
     job_id = stdout.splitlines()[0]

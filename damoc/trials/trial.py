@@ -187,6 +187,10 @@ def run_trial(settings: dict, report: Report) -> dict:
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
     candidate, training, task_type = settings["candidate"], settings["training"], settings["task_type"]
+    # `auto` is resolved by the selection from the cluster settings; a direct caller gets the same
+    # rule from what this trial has (its workers, a GPU or not).
+    training = dict(training, deepspeed=resolve_deepspeed(training.get("deepspeed"), method=training["method"],
+                                                          workers=world, gpus_per_worker=int(torch.cuda.is_available())))
     wall: dict[str, float] = {}
     result = {"name": candidate["name"], "mode": settings["mode"], "status": "ok", "error": None,
               "node_id": node_id()}
@@ -337,7 +341,7 @@ def run_trial_in_group(settings: dict, report: Report) -> dict:
     """run_trial inside a one-process group when DeepSpeed needs one and none exists (local mode)."""
     import torch.distributed as dist
 
-    made = _single_process_group() if settings["training"].get("deepspeed") else False
+    made = _single_process_group() if settings["training"].get("deepspeed") not in (None, "auto") else False
     try:
         return run_trial(settings, report)
     finally:
