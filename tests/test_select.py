@@ -369,7 +369,7 @@ def test_distributed_workers_with_asha(micro_zoo, micro_zoo_cache, tmp_path, mon
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
     data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
     config = micro_config(tmp_path, micro_zoo_cache, "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
-                          candidates=data["candidates"][:4])
+                          candidates=data["candidates"][:3])
     report = run_select(config)
     statuses = {c["name"]: c["status"] for c in report["candidates"]}
     assert "failed" not in statuses.values(), report["candidates"]
