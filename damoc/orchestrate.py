@@ -200,7 +200,11 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         trainable,
         param_space={"candidate": tune.grid_search([job.name for job in pending])},
         tune_config=tune.TuneConfig(metric="val_eval_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
-                                    reuse_actors=config.cluster.reuse_actors,
+                                    # In-process trials only: a reused actor stays alive, and Ray Train's
+                                    # placement-group cleaner frees a stopped trial's workers only when
+                                    # the actor that owns its controller is gone (the next trial would
+                                    # wait for workers forever).
+                                    reuse_actors=config.cluster.reuse_actors and cluster["workers_per_candidate"] == 0,
                                     max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(pending))),
         run_config=tune.RunConfig(name=f"{run_name(config)}-{name}", storage_path=storage, verbose=0,
                                   callbacks=[_cache_callback(by_name)],
