@@ -3,6 +3,7 @@
     python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (over an hour cold on 2 cores; minutes once cached)
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
     python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
+    python benchmarks/rank_fidelity.py --try FILE --tasks wordnet-lexcat   # other proxy settings vs the same ground truth
 
 For each bundled task, every candidate is fully fine-tuned on the whole training set (the ground
 truth), and each ranking method is scored against it: the DaMoC proxy exactly as `jobs/demo.yaml`
@@ -24,8 +25,9 @@ Cost is measured, not estimated:
   baselines, not to damoc.
 
 Writes benchmarks/results/rank_fidelity.json ({"commit", "machine", "config", "results",
-"ground_truth"}), two plots beside it, and (full mode) the section of benchmarks/README.md
-between the rank_fidelity markers.
+"ground_truth"}; each task's ground truth also has `rung_agreement`, how well its own validation
+scores at each rung already rank the candidates), two plots beside it, and (full mode) the section
+of benchmarks/README.md between the rank_fidelity markers.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def truth_of(report: dict, truth_metric: str) -> dict:
     scores = {n: c["test"][truth_metric] for n, c in candidates.items()}
     higher = HIGHER[truth_metric]
     return {
+        "rung_agreement": rung_agreement(report, scores, higher),
         "metric": truth_metric, "higher_is_better": higher, "scores": scores,
         "ranking": sorted(scores, key=lambda n: (-scores[n] if higher else scores[n], n)),
         "candidates": candidates,
@@ -175,6 +178,28 @@ def truth_of(report: dict, truth_metric: str) -> dict:
         "end_to_end_s": _seconds(report["cost"]["wall_s"], "data")
         + sum(_seconds(c["wall_s"], "total") for c in candidates.values()),
     }
+
+
+def rung_agreement(report: dict, scores: dict, higher: bool) -> list[dict]:
+    """The ground truth against itself: at each of its rungs, Spearman between the candidates'
+    validation metric then (the metric the proxies rank by) and their final test score. Where
+    this is low, no proxy that stops there can do better."""
+    from damoc.ranking.agreement import agreement
+
+    metric = f"val_{report['metric']}"
+    by_step: dict[int, dict] = {}
+    for c in report["candidates"]:
+        for point in (c.get("ground_truth") or {}).get("history") or []:
+            value = point.get(metric)
+            if value is not None and math.isfinite(value):
+                by_step.setdefault(point["step"], {})[c["name"]] = value
+    out = []
+    for step in sorted(by_step):
+        if len(by_step[step]) == len(scores) >= 2:
+            ranked = {n: (v if report["higher_is_better"] else -v) for n, v in by_step[step].items()}
+            a = agreement(ranked, scores, truth_higher_is_better=higher)
+            out.append({"step": step, "spearman": a["spearman"], "top1_hit": a["top1_hit"]})
+    return out
 
 
 def score_ranking(ranking: list[str], truth: dict) -> dict:
@@ -278,6 +303,82 @@ def run_task(profile: dict, task: str, work: Path, cache: Path | None, log) -> t
     return results, truth, configs
 
 
+TRY_SECTIONS = ("training", "data_compression", "model_compression", "ranking")
+
+
+def read_tried(path: Path) -> list[dict]:
+    """The proxy settings `--try` measures: a JSON list of {"name", and any of "keep", "prune",
+    "training", "data_compression", "model_compression", "ranking"}; each section is merged over the
+    job's config (nested dicts key by key). ValueError naming the file and entry when malformed."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the proxy settings: {e}") from e
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of proxy settings")
+    names = set()
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"{where}: needs a \"name\"")
+        if entry["name"] in names:
+            raise ValueError(f"{where}: name {entry['name']!r} is used twice")
+        names.add(entry["name"])
+        unknown = set(entry) - {"name", "keep", "prune", *TRY_SECTIONS}
+        if unknown:
+            raise ValueError(f"{where} ({entry['name']}): unknown key {sorted(unknown)[0]!r} "
+                             f"(name, keep, prune, {', '.join(TRY_SECTIONS)})")
+        for key in ("keep", "prune"):
+            if key in entry and not (isinstance(entry[key], (int, float)) and 0 <= entry[key] <= 1):
+                raise ValueError(f"{where} ({entry['name']}): {key} must be a number in [0, 1]")
+        for key in TRY_SECTIONS:
+            if key in entry and not isinstance(entry[key], dict):
+                raise ValueError(f"{where} ({entry['name']}): {key} must be a mapping")
+    return entries
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def tried_configs(profile: dict, task: str, work: Path, cache: Path | None, entries: list[dict]) -> list[tuple[dict, dict]]:
+    """(entry, config) for each `--try` entry: the job's config for `task` with the entry merged
+    over it, validated as `damoc select` would (ValueError naming the entry when refused)."""
+    from damoc.config.load import validate_config
+    from damoc.errors import ConfigError
+
+    base = base_config(profile, task, work, cache)
+    pairs = []
+    for entry in entries:
+        cfg = variant(base, f"tried_{entry['name']}", keep=entry.get("keep"), prune=entry.get("prune"))
+        for section in TRY_SECTIONS:
+            _merge(cfg.setdefault(section, {}), copy.deepcopy(entry.get(section, {})))
+        try:
+            validate_config(copy.deepcopy(cfg), f"--try {entry['name']}")
+        except ConfigError as e:
+            raise ValueError(f"--try entry {entry['name']!r}: {e}") from e
+        pairs.append((entry, cfg))
+    return pairs
+
+
+def run_tried(task: str, pairs: list[tuple[dict, dict]], log) -> tuple[list[dict], dict]:
+    """Each entry's proxy as a `damoc select` run on the shared stage cache, scored against the
+    ground truth (trained once, or read from the cache: the settings tried here never enter its
+    key). Rows have method "tried" and the entry's name as `variant`."""
+    results, truth = [], None
+    for entry, cfg in pairs:
+        report = run(cfg)
+        truth = truth or truth_of(report, TASKS[task]["truth_metric"])
+        row = method_result(task, "tried", report, truth, cfg, variant=entry["name"], settings=entry)
+        results.append(row)
+        log(task, row)
+    return results, truth
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="micro zoo, small slices (the CI smoke test)")
@@ -285,12 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="stage cache (default: $DAMOC_CACHE_DIR or the user cache dir)")
     parser.add_argument("--work", help="where the runs' reports go (default: runs/rank_fidelity[_quick])")
     parser.add_argument("--out", help="results file (default: benchmarks/results/rank_fidelity[_quick].json)")
+    parser.add_argument("--try", dest="tried", metavar="FILE",
+                        help="only measure the proxy settings in FILE (JSON list, see read_tried) against the "
+                             "ground truth; writes results/rank_fidelity_tried.json unless --out")
     parser.add_argument("--readme", action="store_true",
                         help="only redraw the plots and the README section from the results file")
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
-    out = (Path(args.out) if args.out else RESULTS / ("rank_fidelity_quick.json" if args.quick else "rank_fidelity.json")).resolve()
+    default_name = "rank_fidelity_tried.json" if args.tried else \
+        "rank_fidelity_quick.json" if args.quick else "rank_fidelity.json"
+    out = (Path(args.out) if args.out else RESULTS / default_name).resolve()
     if args.readme:
         write_outputs(json.loads(out.read_text()), out, readme=not args.quick)
         return 0
@@ -302,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[mode]
     work = Path(args.work or ROOT / "runs" / f"rank_fidelity{'_quick' if args.quick else ''}").resolve()
     cache = Path(args.cache).resolve() if args.cache else None
+    tried, tried_pairs = None, {}
+    if args.tried:
+        try:
+            tried = read_tried(Path(args.tried))
+            tried_pairs = {task: tried_configs(profile, task, work, cache, tried) for task in tasks}
+        except ValueError as e:
+            print(f"rank_fidelity: {e}", file=sys.stderr)
+            return 2
 
     import ray
 
@@ -324,20 +438,31 @@ def main(argv: list[str] | None = None) -> int:
     results, truths, configs = [], {}, {}
     try:
         for task in tasks:
-            rows, truth, cfgs = run_task(profile, task, work, cache, log)
+            if tried is not None:
+                rows, truth = run_tried(task, tried_pairs[task], log)
+                configs[task] = base_config(profile, task, work, cache)
+            else:
+                rows, truth, cfgs = run_task(profile, task, work, cache, log)
+                configs[task] = cfgs["damoc"]
             results += rows
             truths[task] = truth
-            configs[task] = cfgs["damoc"]
     finally:
         ray.shutdown()
     payload = {
         "commit": commit, "machine": machine(), "mode": mode, "seconds": round(time.perf_counter() - started, 1),
         "config": {"profile": {k: v for k, v in profile.items()}, "tasks": {t: TASKS[t] for t in tasks},
-                   "damoc": configs},
+                   ("base" if tried is not None else "damoc"): configs,
+                   **({"tried": tried} if tried is not None else {})},
         "results": results,
         "ground_truth": truths,
     }
-    write_outputs(payload, out, readme=not args.quick)
+    if tried is not None:    # rows beside the published run, not a new one: no plots, no README
+        from damoc.io import write_json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, payload)
+    else:
+        write_outputs(payload, out, readme=not args.quick)
     print(f"rank_fidelity: {len(results)} results in {payload['seconds']:.0f} s -> {out}")
     return 0
 

@@ -47,6 +47,10 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
                 assert r["compute_ratio"] > 1 and r["wall_ratio_train"] > 0 and r["wall_ratio_end_to_end"] > 0
         truth = payload["ground_truth"][task]
         assert sorted(truth["ranking"]) == sorted(CANDIDATES) and truth["train_flops"] > 0
+        # The ground truth's own rungs scored against its final test scores, one entry per rung.
+        steps = [point["step"] for point in truth["rung_agreement"]]
+        assert steps and steps == sorted(steps)
+        assert all(-1.0 <= point["spearman"] <= 1.0 for point in truth["rung_agreement"])
         damoc = next(r for r in rows if r["method"] == "damoc")
         data_only = next(r for r in rows if r["method"] == "data_only")
         model_only = next(r for r in rows if r["method"] == "model_only")
@@ -56,3 +60,47 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
     assert out.with_name("rank_fidelity_quick_scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert out.with_name("rank_fidelity_quick_frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert (ROOT / "benchmarks" / "README.md").read_text() == readme_before  # --quick never rewrites the README
+
+
+def _benchmark_module():
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("rank_fidelity")
+    finally:
+        sys.path.pop(0)
+
+
+def test_try_file_is_checked_before_anything_runs(tmp_path, capsys):
+    """`--try FILE`: a malformed settings file is refused with one line naming the file and the
+    entry, exit 2, before Ray starts and without writing the results file."""
+    bench = _benchmark_module()
+    out = tmp_path / "tried.json"
+    cases = {
+        "not json": "not a JSON list",
+        json.dumps({"name": "a"}): "expected a non-empty JSON list",
+        json.dumps([{"keep": 0.1}]): "entry 0: needs a \"name\"",
+        json.dumps([{"name": "a"}, {"name": "a"}]): "entry 1: name 'a' is used twice",
+        json.dumps([{"name": "a", "lr": 1}]): "entry 0 (a): unknown key 'lr'",
+        json.dumps([{"name": "a", "keep": 1.5}]): "entry 0 (a): keep must be a number in [0, 1]",
+        json.dumps([{"name": "a", "training": 3}]): "entry 0 (a): training must be a mapping",
+        json.dumps([{"name": "a", "training": {"learning_rat": 1e-3}}]): "--try entry 'a': ",
+    }
+    for text, expected in cases.items():
+        settings = tmp_path / "settings.json"
+        settings.write_text(text)
+        assert bench.main(["--try", str(settings), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and (str(settings) in err or "--try entry" in err), err
+        if text != "not json":
+            assert expected in err, (expected, err)
+        assert not out.exists()
+
+
+def test_try_settings_merge_over_the_job_config():
+    bench = _benchmark_module()
+    into = {"training": {"learning_rate": 1e-3, "batch_size": 16}, "ranking": {"early_stopping": {"scheduler": "asha", "rungs": 3}}}
+    bench._merge(into, {"training": {"batch_size": 4}, "ranking": {"early_stopping": {"scheduler": "none"}}})
+    assert into == {"training": {"learning_rate": 1e-3, "batch_size": 4},
+                    "ranking": {"early_stopping": {"scheduler": "none", "rungs": 3}}}

@@ -96,7 +96,10 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
             t = truth[name]
             entry["ground_truth"] = {"status": {"completed": "ok"}.get(t.status, t.status), "error": t.error,
                                      "test": t.result.get("test"), "train_tokens": t.result.get("train_tokens"),
-                                     "train_flops": t.result.get("train_flops"), "wall_s": t.result.get("wall_s")}
+                                     "train_flops": t.result.get("train_flops"), "wall_s": t.result.get("wall_s"),
+                                     # Its validation scores at each rung: how early the full
+                                     # fine-tuning itself settles its final ranking.
+                                     "history": t.result.get("history") or []}
         candidates.append(entry)
 
     ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
