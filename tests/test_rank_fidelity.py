@@ -104,3 +104,20 @@ def test_try_settings_merge_over_the_job_config():
     bench._merge(into, {"training": {"batch_size": 4}, "ranking": {"early_stopping": {"scheduler": "none"}}})
     assert into == {"training": {"learning_rate": 1e-3, "batch_size": 4},
                     "ranking": {"early_stopping": {"scheduler": "none", "rungs": 3}}}
+
+
+def test_merge_keeps_the_other_tasks_with_their_commits():
+    bench = _benchmark_module()
+    before = {"commit": "aaa", "seconds": 300.0, "results": [{"task": "t1", "method": "damoc"}, {"task": "t2", "method": "damoc"}],
+              "ground_truth": {"t1": {"ranking": ["x"]}, "t2": {"ranking": ["y"]}},
+              "config": {"tasks": {"t1": 1, "t2": 2}, "damoc": {"t1": "c1", "t2": "c2"}}}
+    now = {"commit": "bbb", "seconds": 60.0, "results": [{"task": "t2", "method": "sweep"}],
+           "ground_truth": {"t2": {"ranking": ["z"]}}, "config": {"tasks": {"t2": 3}, "damoc": {"t2": "c3"}},
+           "task_runs": {"t2": {"commit": "bbb", "seconds": 60.0}}}
+    merged = bench.merge_tasks(before, now)
+    assert merged["results"] == [{"task": "t1", "method": "damoc"}, {"task": "t2", "method": "sweep"}]
+    assert merged["ground_truth"] == {"t1": {"ranking": ["x"]}, "t2": {"ranking": ["z"]}}
+    assert merged["config"]["tasks"] == {"t1": 1, "t2": 3} and merged["config"]["damoc"] == {"t1": "c1", "t2": "c3"}
+    assert merged["task_runs"] == {"t1": {"commit": "aaa", "seconds": 300.0}, "t2": {"commit": "bbb", "seconds": 60.0}}
+    assert merged["commit"] == "bbb"
+    assert "`t1` at commit aaa, 5 min" in bench._task_runs_note(merged)
