@@ -108,20 +108,19 @@ def measure(model_path: str, rows: list[dict], batch_size: int, repeats: int) ->
 
     sizes = (len(rows) // 2, len(rows))
     timings = {size: {"bare_loop": [], "ray_data_stage": []} for size in sizes}
-    runs, diffs = {}, {}
+    tokens, diffs = {}, {size: 0.0 for size in sizes}
     for _ in range(repeats):
         for size in sizes:
             bare = bare_loop(model_path, rows[:size], batch_size)
             stage = ray_data_stage(model_path, rows[:size], batch_size)
-            diff = float(np.nanmax(np.abs(np.array(bare.pop("ifd")) - np.array(stage.pop("ifd")))))
+            diffs[size] = max(diffs[size], float(np.nanmax(np.abs(np.array(bare.pop("ifd")) - np.array(stage.pop("ifd"))))))
             timings[size]["bare_loop"].append(bare["seconds"])
             timings[size]["ray_data_stage"].append(stage["seconds"])
-            tokens = bare["tokens"]        # the same sequences on both sides
-            best = {side: min(seconds) for side, seconds in timings[size].items()}
-            runs[size] = {side: {"seconds": best[side], "tokens": tokens, "tokens_per_s": round(tokens / best[side], 1),
-                                 "all_seconds": timings[size][side]} for side in best}
-            diffs[size] = max(diffs.get(size, 0.0), diff)
-            runs[size]["max_ifd_difference"] = diffs[size]
+            tokens[size] = bare["tokens"]        # the same sequences on both sides
+    runs = {size: {**{side: {"seconds": min(seconds), "tokens": tokens[size],
+                              "tokens_per_s": round(tokens[size] / min(seconds), 1), "all_seconds": seconds}
+                       for side, seconds in timings[size].items()},
+                   "max_ifd_difference": diffs[size]} for size in sizes}
     half, full = runs[sizes[0]], runs[sizes[1]]
     extra_tokens = full["bare_loop"]["tokens"] - half["bare_loop"]["tokens"]
     marginal = {side: round(extra_tokens / max(1e-9, full[side]["seconds"] - half[side]["seconds"]), 1)

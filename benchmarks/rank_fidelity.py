@@ -337,18 +337,11 @@ def read_tried(path: Path) -> list[dict]:
     return entries
 
 
-def _merge(into: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
 def tried_configs(profile: dict, task: str, work: Path, cache: Path | None, entries: list[dict]) -> list[tuple[dict, dict]]:
     """(entry, config) for each `--try` entry: the job's config for `task` with the entry merged
     over it, validated as `damoc select` would (ValueError naming the entry when refused)."""
     from damoc.config.load import validate_config
+    from damoc.config.schema import _deep_merge
     from damoc.errors import ConfigError
 
     base = base_config(profile, task, work, cache)
@@ -356,11 +349,11 @@ def tried_configs(profile: dict, task: str, work: Path, cache: Path | None, entr
     for entry in entries:
         cfg = variant(base, f"tried_{entry['name']}", keep=entry.get("keep"), prune=entry.get("prune"))
         for section in TRY_SECTIONS:
-            _merge(cfg.setdefault(section, {}), copy.deepcopy(entry.get(section, {})))
+            cfg[section] = _deep_merge(cfg.get(section, {}), copy.deepcopy(entry.get(section, {})))
         try:
-            validate_config(copy.deepcopy(cfg), f"--try {entry['name']}")
+            validate_config(copy.deepcopy(cfg), f"--try entry {entry['name']!r}")
         except ConfigError as e:
-            raise ValueError(f"--try entry {entry['name']!r}: {e}") from e
+            raise ValueError(str(e)) from e
         pairs.append((entry, cfg))
     return pairs
 

@@ -99,9 +99,10 @@ def test_try_file_is_checked_before_anything_runs(tmp_path, capsys):
 
 
 def test_try_settings_merge_over_the_job_config():
-    bench = _benchmark_module()
+    from damoc.config.schema import _deep_merge   # what tried_configs merges each section with
+
     into = {"training": {"learning_rate": 1e-3, "batch_size": 16}, "ranking": {"early_stopping": {"scheduler": "asha", "rungs": 3}}}
-    bench._merge(into, {"training": {"batch_size": 4}, "ranking": {"early_stopping": {"scheduler": "none"}}})
+    into = _deep_merge(into, {"training": {"batch_size": 4}, "ranking": {"early_stopping": {"scheduler": "none"}}})
     assert into == {"training": {"learning_rate": 1e-3, "batch_size": 4},
                     "ranking": {"early_stopping": {"scheduler": "none", "rungs": 3}}}
 
