@@ -49,6 +49,8 @@ from common import ROOT, git_commit, machine  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- rank_fidelity:begin -->", "<!-- rank_fidelity:end -->"
+# The issue's targets for the default proxy (`damoc`), each against full fine-tuning.
+TARGETS = {"top1_hit": True, "spearman": 0.9, "compute_ratio": 20.0, "wall_ratio_end_to_end": 10.0}
 
 # Per task: the metric the proxies are ranked by, and the ground-truth metric they are judged
 # against. Classification: the proxies of these tiny models have not left the label prior yet, so
@@ -541,7 +543,8 @@ def plot_frontier(payload: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = [r for r in payload["results"] if r["task"] == task]
-        for r in rows:
+        labels: dict[tuple, list[str]] = {}     # one annotation per point: the curve ranker and
+        for r in rows:                           # its no-halving run share their cost and may tie
             if r["compute_ratio"] is None or r["spearman"] is None:
                 continue
             color = {"damoc": "tab:blue", "data_only": "tab:green", "model_only": "tab:orange",
@@ -550,8 +553,9 @@ def plot_frontier(payload: dict, path: Path) -> None:
                        facecolors=color if r["top1_hit"] else "none", s=50 if r["method"] != "sweep" else 30)
             label = {"sweep": f"{r.get('keep_ratio')}/{r.get('prune_ratio')}",
                      "tried": r.get("variant", "tried")}.get(r["method"], r["method"])
-            ax.annotate(label, (r["compute_ratio"], r["spearman"]), fontsize=7, xytext=(4, 2),
-                        textcoords="offset points")
+            labels.setdefault((round(r["compute_ratio"], 2), round(r["spearman"], 3)), []).append(label)
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
         zero = next((r for r in rows if r["method"] == "zero_shot"), None)
         if zero and zero["spearman"] is not None:
             ax.axhline(zero["spearman"], color="tab:red", linestyle="--", linewidth=1,
@@ -574,7 +578,8 @@ def _fmt(value, digits: int = 2) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+        # + 0.0 turns -0.0 (a regret of zero on a lower-is-better metric) into 0.0.
+        return f"{round(value, digits) + 0.0:.{digits}f}" if math.isfinite(value) else "-"
     return str(value)
 
 
@@ -607,6 +612,40 @@ def truth_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def target_misses(result: dict) -> list[str]:
+    """The targets `result` misses, each with its measured figure (empty: all met)."""
+    misses = []
+    if not result.get("top1_hit"):
+        misses.append(f"top-1 (chose {result.get('chosen')})")
+    for key, label, unit in (("spearman", "Spearman", ""), ("compute_ratio", "compute ratio", "x"),
+                             ("wall_ratio_end_to_end", "end-to-end wall ratio", "x")):
+        value = result.get(key)
+        if value is None or not math.isfinite(value) or value < TARGETS[key]:
+            misses.append(f"{label} {_fmt(value, 1 if unit else 2)}{unit} < {TARGETS[key]:g}{unit}")
+    return misses
+
+
+def targets_summary(payload: dict) -> str:
+    """Per task: the default proxy against the targets, zero-shot's Spearman beside it, and whether
+    any measured setting meets all four; written from the results, so it cannot go stale."""
+    lines = ["Targets (top-1 hit, Spearman >= 0.9, compute ratio >= 20x, end-to-end wall ratio >= 10x):", ""]
+    for task in payload["ground_truth"]:
+        rows = [r for r in payload["results"] if r["task"] == task]
+        damoc = next((r for r in rows if r["method"] == "damoc"), None)
+        zero = next((r for r in rows if r["method"] == "zero_shot"), None)
+        if damoc is None:
+            continue
+        misses = target_misses(damoc)
+        verdict = "all met" if not misses else "missed: " + "; ".join(misses)
+        settings = [r for r in rows if r.get("compute_ratio") is not None]
+        meeting = [r for r in settings if not target_misses(r)]
+        also = (f"{len(meeting)} of {len(settings)} measured proxy settings meet all four"
+                if meeting else f"none of the {len(settings)} measured proxy settings meets all four")
+        lines.append(f"- `{task}`: damoc {verdict}. Zero-shot Spearman "
+                     f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}.")
+    return "\n".join(lines)
+
+
 def _task_runs_note(payload: dict) -> str:
     runs = payload.get("task_runs") or {}
     if len({r["commit"] for r in runs.values()}) <= 1:
@@ -629,6 +668,8 @@ def update_readme(payload: dict, out: Path) -> None:
         "`python benchmarks/rank_fidelity.py` (`make bench`); do not edit by hand." + _task_runs_note(payload),
         "",
         truth_table(payload),
+        targets_summary(payload),
+        "",
         results_table(payload),
         "",
         f"![proxy vs ground truth]({stem}_scatter.png)",

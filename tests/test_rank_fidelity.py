@@ -122,3 +122,23 @@ def test_merge_keeps_the_other_tasks_with_their_commits():
     assert merged["task_runs"] == {"t1": {"commit": "aaa", "seconds": 300.0}, "t2": {"commit": "bbb", "seconds": 60.0}}
     assert merged["commit"] == "bbb"
     assert "`t1` at commit aaa, 5 min" in bench._task_runs_note(merged)
+
+
+def test_targets_summary_names_each_missed_target_with_its_figure():
+    bench = _benchmark_module()
+    met = {"top1_hit": True, "spearman": 0.95, "compute_ratio": 25.0, "wall_ratio_end_to_end": 12.0, "chosen": "a"}
+    payload = {"ground_truth": {"t1": {}, "t2": {}}, "results": [
+        {"task": "t1", "method": "damoc", **met},
+        {"task": "t1", "method": "zero_shot", "spearman": 0.4, "top1_hit": False, "compute_ratio": None,
+         "wall_ratio_end_to_end": 3.0, "chosen": "b"},
+        {"task": "t2", "method": "damoc", "top1_hit": False, "spearman": 0.31, "compute_ratio": 7.04,
+         "wall_ratio_end_to_end": 11.0, "chosen": "c"},
+        {"task": "t2", "method": "sweep", **met, "spearman": 0.89},
+    ]}
+    assert bench.target_misses(payload["results"][0]) == []
+    assert bench.target_misses(payload["results"][2]) == ["top-1 (chose c)", "Spearman 0.31 < 0.9", "compute ratio 7.0x < 20x"]
+    lines = bench.targets_summary(payload).splitlines()
+    assert lines[2] == ("- `t1`: damoc all met. Zero-shot Spearman 0.40 (damoc 0.95); "
+                        "1 of 1 measured proxy settings meet all four.")
+    assert lines[3].startswith("- `t2`: damoc missed: top-1 (chose c); Spearman 0.31 < 0.9; compute ratio 7.0x < 20x.")
+    assert lines[3].endswith("Zero-shot Spearman - (damoc 0.31); none of the 2 measured proxy settings meets all four.")
