@@ -95,6 +95,59 @@ def ray_data_stage(model_path: str, rows: list[dict], batch_size: int) -> dict:
     return {"seconds": round(seconds, 2), "ifd": out["ifd"].tolist()}
 
 
+class TimedIFD:
+    """IFDScorer that also returns when its constructor and each call started and ended (wall
+    clock, seconds since the epoch), so the stage's time splits into Ray start-up, model load in
+    the actor's fresh process, scoring calls and the gaps between them."""
+
+    outputs = ("init_start", "init_end", "call_start", "call_end")
+
+    def __init__(self, **settings):
+        from damoc.data.scorers import IFDScorer
+
+        self.init_start = time.time()
+        self.scorer = IFDScorer(**settings)
+        self.init_end = time.time()
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        start = time.time()
+        self.scorer(batch)
+        n = len(batch["index"])
+        return {"index": np.asarray(batch["index"]), "init_start": np.full(n, self.init_start),
+                "init_end": np.full(n, self.init_end), "call_start": np.full(n, start), "call_end": np.full(n, time.time())}
+
+
+def stage_breakdown(model_path: str, rows: list[dict], batch_size: int) -> dict:
+    """One more stage run, instrumented (not one of the timed repetitions): seconds from the
+    engine's call to the scorer actor's constructor, the constructor (model load in a fresh
+    process), scoring calls (their count and total), gaps between calls, and the total."""
+    import numpy as np
+    import ray
+
+    from damoc.data.engine import RayDataEngine, rows_per_call
+
+    if TimedIFD.__module__ != "__main__":   # imported (not run as a script): workers cannot import this file
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[TimedIFD.__module__])
+    ray.init(configure_logging=False, logging_level="WARNING")
+    try:
+        started = time.time()
+        out = RayDataEngine(batch_size=rows_per_call(batch_size)).map(TimedIFD, {"model": model_path, "batch_size": batch_size},
+                                                                      rows, desc="ifd (instrumented)")
+        total = time.time() - started
+    finally:
+        ray.shutdown()
+    call_start, call_end = np.unique(out["call_start"]), np.unique(out["call_end"])
+    return {"rows": len(rows), "until_actor_constructor_s": round(float(out["init_start"][0] - started), 2),
+            "actor_constructor_s": round(float(out["init_end"][0] - out["init_start"][0]), 2),
+            "until_first_call_s": round(float(call_start.min() - started), 2), "calls": int(len(call_start)),
+            "calls_s": round(float((call_end - call_start).sum()), 2),
+            "gaps_between_calls_s": round(float((call_start[1:] - call_end[:-1]).sum()), 2), "total_s": round(total, 2)}
+
+
 def measure(model_path: str, rows: list[dict], batch_size: int, repeats: int) -> dict:
     """Both paths on half the rows and on all of them: the end-to-end ratio at the full size, and
     the marginal throughput (extra tokens / extra seconds between the two sizes), which separates
@@ -133,7 +186,8 @@ def measure(model_path: str, rows: list[dict], batch_size: int, repeats: int) ->
             "ratio_end_to_end": round(full["ray_data_stage"]["tokens_per_s"] / full["bare_loop"]["tokens_per_s"], 3),
             "marginal_tokens_per_s": marginal,
             "ratio_marginal": round(marginal["ray_data_stage"] / marginal["bare_loop"], 3),
-            "fixed_seconds": fixed}
+            "fixed_seconds": fixed,
+            "stage_breakdown": stage_breakdown(model_path, rows[:sizes[0]], batch_size)}
 
 
 def main() -> None:
