@@ -7,7 +7,7 @@ by length); the Ray Data path is what `damoc select` runs (`RayDataEngine` + `IF
 actor pool). Wall time includes model loading on both sides; the issue's target is stage / bare
 >= 0.8 in tokens per second.
 
-    python benchmarks/data_throughput.py                         # demo-zoo scorer, 12000 rows; SmolLM2, 1024 rows (~35 min)
+    python benchmarks/data_throughput.py                         # demo-zoo scorer, 12000 rows; SmolLM2, 1024 rows (~25-45 min)
     python benchmarks/data_throughput.py --model PATH --rows 1024 --merge  # any causal LM, added to the file
 
 Results: benchmarks/results/data_throughput.json (commit and machine recorded).
@@ -78,20 +78,28 @@ def bare_loop(model_path: str, rows: list[dict], batch_size: int) -> dict:
             "ifd": [losses[2 * k] / losses[2 * k + 1] for k in range(len(rows))]}
 
 
-def ray_data_stage(model_path: str, rows: list[dict], batch_size: int) -> dict:
+def run_stage(scorer_cls: type, model_path: str, rows: list[dict], batch_size: int, desc: str) -> tuple[dict, float, float]:
+    """`damoc`'s stage on a fresh local Ray: (outputs, wall-clock start, seconds). ray.init is
+    outside the timing (a pipeline starts Ray once for all its stages)."""
     import ray
 
     from damoc.data.engine import RayDataEngine, rows_per_call
-    from damoc.data.scorers import IFDScorer
 
     ray.init(configure_logging=False, logging_level="WARNING")
     try:
-        started = time.perf_counter()
-        out = RayDataEngine(batch_size=rows_per_call(batch_size)).map(IFDScorer, {"model": model_path, "batch_size": batch_size},
-                                                       rows, desc="ifd")
-        seconds = time.perf_counter() - started
+        started = time.time()
+        out = RayDataEngine(batch_size=rows_per_call(batch_size)).map(
+            scorer_cls, {"model": model_path, "batch_size": batch_size}, rows, desc=desc)
+        seconds = time.time() - started
     finally:
         ray.shutdown()
+    return out, started, seconds
+
+
+def ray_data_stage(model_path: str, rows: list[dict], batch_size: int) -> dict:
+    from damoc.data.scorers import IFDScorer
+
+    out, _, seconds = run_stage(IFDScorer, model_path, rows, batch_size, "ifd")
     return {"seconds": round(seconds, 2), "ifd": out["ifd"].tolist()}
 
 
@@ -124,22 +132,12 @@ def stage_breakdown(model_path: str, rows: list[dict], batch_size: int) -> dict:
     engine's call to the scorer actor's constructor, the constructor (model load in a fresh
     process), scoring calls (their count and total), gaps between calls, and the total."""
     import numpy as np
-    import ray
-
-    from damoc.data.engine import RayDataEngine, rows_per_call
 
     if TimedIFD.__module__ != "__main__":   # imported (not run as a script): workers cannot import this file
         from ray import cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[TimedIFD.__module__])
-    ray.init(configure_logging=False, logging_level="WARNING")
-    try:
-        started = time.time()
-        out = RayDataEngine(batch_size=rows_per_call(batch_size)).map(TimedIFD, {"model": model_path, "batch_size": batch_size},
-                                                                      rows, desc="ifd (instrumented)")
-        total = time.time() - started
-    finally:
-        ray.shutdown()
+    out, started, total = run_stage(TimedIFD, model_path, rows, batch_size, "ifd (instrumented)")
     call_start, call_end = np.unique(out["call_start"]), np.unique(out["call_end"])
     return {"rows": len(rows), "until_actor_constructor_s": round(float(out["init_start"][0] - started), 2),
             "actor_constructor_s": round(float(out["init_end"][0] - out["init_start"][0]), 2),
