@@ -108,7 +108,7 @@ class TimedIFD:
     clock, seconds since the epoch), so the stage's time splits into Ray start-up, model load in
     the actor's fresh process, scoring calls and the gaps between them."""
 
-    outputs = ("init_start", "init_end", "call_start", "call_end")
+    outputs = ("init_start", "init_end", "call_start", "call_end", "pid")
 
     def __init__(self, **settings):
         from damoc.data.scorers import IFDScorer
@@ -124,13 +124,15 @@ class TimedIFD:
         self.scorer(batch)
         n = len(batch["index"])
         return {"index": np.asarray(batch["index"]), "init_start": np.full(n, self.init_start),
-                "init_end": np.full(n, self.init_end), "call_start": np.full(n, start), "call_end": np.full(n, time.time())}
+                "init_end": np.full(n, self.init_end), "call_start": np.full(n, start), "call_end": np.full(n, time.time()),
+                "pid": np.full(n, os.getpid())}
 
 
 def stage_breakdown(model_path: str, rows: list[dict], batch_size: int) -> dict:
-    """One more stage run, instrumented (not one of the timed repetitions): seconds from the
-    engine's call to the scorer actor's constructor, the constructor (model load in a fresh
-    process), scoring calls (their count and total), gaps between calls, and the total."""
+    """One more stage run, instrumented (not one of the timed repetitions): the actors the engine
+    chose, seconds from the engine's call to the first actor's constructor, the constructors (model
+    load in a fresh process; the slowest), scoring calls (their count, and their seconds summed
+    over actors), gaps between one actor's calls (summed), and the total."""
     import numpy as np
 
     if TimedIFD.__module__ != "__main__":   # imported (not run as a script): workers cannot import this file
@@ -138,12 +140,17 @@ def stage_breakdown(model_path: str, rows: list[dict], batch_size: int) -> dict:
 
         cloudpickle.register_pickle_by_value(sys.modules[TimedIFD.__module__])
     out, started, total = run_stage(TimedIFD, model_path, rows, batch_size, "ifd (instrumented)")
-    call_start, call_end = np.unique(out["call_start"]), np.unique(out["call_end"])
-    return {"rows": len(rows), "until_actor_constructor_s": round(float(out["init_start"][0] - started), 2),
-            "actor_constructor_s": round(float(out["init_end"][0] - out["init_start"][0]), 2),
-            "until_first_call_s": round(float(call_start.min() - started), 2), "calls": int(len(call_start)),
-            "calls_s": round(float((call_end - call_start).sum()), 2),
-            "gaps_between_calls_s": round(float((call_start[1:] - call_end[:-1]).sum()), 2), "total_s": round(total, 2)}
+    gaps, calls, calls_s = 0.0, 0, 0.0
+    for pid in np.unique(out["pid"]):
+        mine = out["pid"] == pid
+        call_start, call_end = np.unique(out["call_start"][mine]), np.unique(out["call_end"][mine])
+        gaps += float((call_start[1:] - call_end[:-1]).sum())
+        calls, calls_s = calls + len(call_start), calls_s + float((call_end - call_start).sum())
+    return {"rows": len(rows), "actors": int(len(np.unique(out["pid"]))),
+            "until_actor_constructor_s": round(float(out["init_start"].min() - started), 2),
+            "actor_constructor_s": round(float((out["init_end"] - out["init_start"]).max()), 2),
+            "until_first_call_s": round(float(out["call_start"].min() - started), 2), "calls": calls,
+            "calls_s": round(calls_s, 2), "gaps_between_calls_s": round(gaps, 2), "total_s": round(total, 2)}
 
 
 def measure(model_path: str, rows: list[dict], batch_size: int, repeats: int) -> dict:

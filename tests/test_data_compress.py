@@ -120,6 +120,19 @@ def test_ray_data_path_selects_the_same_rows(micro_zoo, lexcat, tmp_path):
         records = [{"prompt": f"q{i} " * (i % 7 + 1), "response": f"a{i}"} for i in range(600)]
         out = RayDataEngine(batch_size=64, cpus_per_actor=1).map(CallSizes, {}, records, desc="call sizes")
         assert sorted(out["rows_in_call"].tolist()) == [24] * 24 + [64] * 576
+
+        # Actors on this 2-CPU Ray: one single-threaded actor per CPU once each gets 4 calls,
+        # else one actor with both CPUs; set actors, or GPUs, mean one actor unless told otherwise.
+        assert RayDataEngine(batch_size=64).plan(8) == (2, 1.0)
+        assert RayDataEngine(batch_size=64).plan(7) == (1, 2.0)
+        assert RayDataEngine(batch_size=64).plan(1) == (1, 2.0)
+        assert RayDataEngine(batch_size=64, actors=1).plan(100) == (1, 2.0)
+        assert RayDataEngine(batch_size=64, cpus_per_actor=2).plan(100) == (1, 2.0)
+        assert RayDataEngine(batch_size=64, gpus_per_actor=0.5).plan(100) == (1, 2.0)
+        # Ten calls on two actors: every row comes back once, in row order, with its call's size.
+        out = RayDataEngine(batch_size=64).map(CallSizes, {}, records, desc="two actors")
+        assert sorted(out["rows_in_call"].tolist()) == [24] * 24 + [64] * 576
+        assert out["rows_in_call"][np.argmin([len(r["prompt"]) for r in records])] == 24   # shortest rows: the last call
         assert RayDataEngine(batch_size=32, cpus_per_actor=1).map(CallSizes, {}, [], desc="none")["rows_in_call"].size == 0
     finally:
         ray.shutdown()

@@ -22,9 +22,11 @@ log = logging.getLogger("damoc.data")
 
 
 def _columns(records: Sequence[dict], whole: bool = False) -> dict[str, np.ndarray]:
-    """Column batches in order of text length (each row keeps its index): rows of similar length
-    share a model batch, so little compute goes to padding; outputs are put back in row order."""
-    order = sorted(range(len(records)), key=lambda i: len(records[i]["prompt"]) + len(records[i]["response"]))
+    """Column batches in order of text length, longest first (each row keeps its index): rows of
+    similar length share a model batch, so little compute goes to padding, and an actor pool,
+    which hands out calls in order, ends the stage on its shortest calls instead of waiting for
+    one actor's long last call. Outputs are put back in row order."""
+    order = sorted(range(len(records)), key=lambda i: -(len(records[i]["prompt"]) + len(records[i]["response"])))
     columns = {"index": np.array(order, dtype=np.int64),
                "prompt": np.array([records[i]["prompt"] for i in order], dtype=object),
                "response": np.array([records[i]["response"] for i in order], dtype=object)}
@@ -86,23 +88,31 @@ class RayDataEngine:
 
     name = "ray_data"
 
-    def __init__(self, batch_size: int = 32, actors: int = 1, cpus_per_actor: Optional[float] = None,
+    def __init__(self, batch_size: int = 32, actors: Optional[int] = None, cpus_per_actor: Optional[float] = None,
                  gpus_per_actor: float = 0.0):
         self.batch_size = batch_size
         self.actors = actors
         self.cpus_per_actor = cpus_per_actor
         self.gpus_per_actor = gpus_per_actor
 
-    def _cpus(self) -> float:
-        if self.cpus_per_actor:
-            return float(self.cpus_per_actor)
+    def plan(self, calls: int) -> tuple[int, float]:
+        """(actors, CPUs per actor) for a map of `calls` scorer calls.
+
+        Unless `actors` is set: on CPUs, one actor per `cpus_per_actor` (default 1) of the cluster,
+        as long as each actor gets at least MIN_CALLS_PER_ACTOR calls, at most MAX_AUTO_ACTORS;
+        with GPUs, one actor. Unless `cpus_per_actor` is set, the actors share the cluster's CPUs
+        (data compression runs before any trial), never more than one node has, or an actor could
+        never be placed. Each actor's torch gets that many threads."""
         import ray
 
-        # Default: the cluster's CPUs shared by the actors (data compression runs before any trial),
-        # but never more than one node has, or an actor could never be placed.
         total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
         largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=total)
-        return max(1.0, float(int(min(total // self.actors, largest))))
+        actors = self.actors
+        if not actors:
+            actors = 1 if self.gpus_per_actor else \
+                max(1, min(int(total // (self.cpus_per_actor or 1)), calls // MIN_CALLS_PER_ACTOR, MAX_AUTO_ACTORS))
+        cpus = float(self.cpus_per_actor) if self.cpus_per_actor else max(1.0, float(int(min(total // actors, largest))))
+        return actors, cpus
 
     def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
         import ray
@@ -116,16 +126,16 @@ class RayDataEngine:
             logging.getLogger(name).setLevel(level)
         if not records:
             return _gather([], scorer_cls.outputs, 0)
-        cpus = self._cpus()
+        actors, cpus = self.plan(-(-len(records) // self.batch_size))
         columns = _columns(records, getattr(scorer_cls, "needs_record", False))
         # One block per scorer call: Ray Data bundles whole blocks up to `batch_size` rows and
         # splits each bundle into batches, so blocks that do not divide the call size leave a
         # small remainder call after every full one (from_items' 15-row blocks gave 256 + 14).
         dataset = ray.data.from_arrow(_blocks(columns, self.batch_size)).map_batches(
             scorer_cls, fn_constructor_kwargs={**settings, "threads": int(cpus)}, batch_size=self.batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors), num_cpus=cpus,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
             num_gpus=self.gpus_per_actor or None)
-        log.info("%s on Ray Data (%d actor(s), %g CPU each)", desc, self.actors, cpus)
+        log.info("%s on Ray Data (%d actor(s), %g CPU each)", desc, actors, cpus)
         parts = []
         with progress(desc=desc, total=len(records), unit="row") as bar:
             for part in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -137,6 +147,16 @@ class RayDataEngine:
         pass
 
 
+# A small scorer runs faster as several single-threaded actors than as one actor with all the
+# threads (its matrices are too small to share among threads; one thread preempted by Ray's own
+# processes stalls the others): on 2 cores, a 3M-parameter model scored 12,000 rows in 72.6 s on
+# two 1-CPU actors and in 98.6 s on one 2-CPU actor (benchmarks/README.md#data-stage-throughput).
+# Only with enough calls to keep every actor busy: with one call per actor (SmolLM2, 512 rows in
+# two calls) one actor's call held all the long rows and the stage took 1.5-1.6x as long as on one actor.
+MIN_CALLS_PER_ACTOR = 4
+MAX_AUTO_ACTORS = 8     # each actor holds its own copy of the model
+
+
 def rows_per_call(model_batch_size: int) -> int:
     """Rows handed to a scorer per call. Much larger than the model's batch: the scorer sorts a
     call's rows by length before batching them, so big calls pad little (16-row calls measured
@@ -144,7 +164,7 @@ def rows_per_call(model_batch_size: int) -> int:
     return max(256, 16 * model_batch_size)
 
 
-def make_engine(kind: str, *, batch_size: int, actors: int = 1, cpus_per_actor: Optional[float] = None,
+def make_engine(kind: str, *, batch_size: int, actors: Optional[int] = None, cpus_per_actor: Optional[float] = None,
                 gpus_per_actor: float = 0.0):
     """An engine for scorers whose model batch is `batch_size` rows."""
     if kind == "local":
