@@ -138,6 +138,24 @@ def test_ray_data_path_selects_the_same_rows(micro_zoo, lexcat, tmp_path):
         ray.shutdown()
 
 
+def test_ray_data_actor_plan_places_every_actor_on_uneven_nodes(monkeypatch):
+    """Nodes of 3 and 1 CPUs: the engine never asks for actors that no node can hold."""
+    import ray
+
+    from damoc.data.engine import RayDataEngine
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 3.0}},
+                                               {"Alive": True, "Resources": {"CPU": 1.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0}}])
+    assert RayDataEngine().plan(100) == (4, 1.0)     # one per CPU
+    assert RayDataEngine().plan(8) == (2, 1.0)       # 2 CPUs each would leave one actor unplaced
+    assert RayDataEngine().plan(4) == (1, 3.0)       # one actor: the largest node
+    assert RayDataEngine(cpus_per_actor=2).plan(100) == (1, 2.0)
+    assert RayDataEngine(actors=3).plan(100) == (3, 1.0)
+    assert RayDataEngine(gpus_per_actor=1).plan(100) == (1, 3.0)
+
+
 def test_scores_are_cached_and_reused_across_keep_ratios(micro_zoo, lexcat, tmp_path, monkeypatch):
     from damoc.data.engine import LocalEngine
 

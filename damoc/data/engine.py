@@ -98,21 +98,28 @@ class RayDataEngine:
     def plan(self, calls: int) -> tuple[int, float]:
         """(actors, CPUs per actor) for a map of `calls` scorer calls.
 
-        Unless `actors` is set: on CPUs, one actor per `cpus_per_actor` (default 1) of the cluster,
-        as long as each actor gets at least MIN_CALLS_PER_ACTOR calls, at most MAX_AUTO_ACTORS;
-        with GPUs, one actor. Unless `cpus_per_actor` is set, the actors share the cluster's CPUs
-        (data compression runs before any trial), never more than one node has, or an actor could
-        never be placed. Each actor's torch gets that many threads."""
+        Unless `actors` is set: on CPUs, as many actors of `cpus_per_actor` CPUs (default 1) as the
+        cluster's nodes hold, as long as each actor gets at least MIN_CALLS_PER_ACTOR calls, at
+        most MAX_AUTO_ACTORS; with GPUs, one actor. Unless `cpus_per_actor` is set, the actors
+        share the cluster's CPUs (data compression runs before any trial), as many each as still
+        lets every actor be placed on some node (an actor no node can hold would stay pending).
+        Each actor's torch gets that many threads."""
         import ray
 
         total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=total)
-        actors = self.actors
-        if not actors:
-            actors = 1 if self.gpus_per_actor else \
-                max(1, min(int(total // (self.cpus_per_actor or 1)), calls // MIN_CALLS_PER_ACTOR, MAX_AUTO_ACTORS))
-        cpus = float(self.cpus_per_actor) if self.cpus_per_actor else max(1.0, float(int(min(total // actors, largest))))
-        return actors, cpus
+        nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [total]
+
+        def placeable(per: float) -> int:
+            return sum(int(cpus // per) for cpus in nodes)
+
+        actors = self.actors or (1 if self.gpus_per_actor else
+                                 max(1, min(placeable(self.cpus_per_actor or 1), calls // MIN_CALLS_PER_ACTOR, MAX_AUTO_ACTORS)))
+        if self.cpus_per_actor:
+            return actors, float(self.cpus_per_actor)
+        cpus = max(1, int(total // actors))
+        while cpus > 1 and placeable(cpus) < actors:
+            cpus -= 1
+        return actors, float(cpus)
 
     def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
         import ray
@@ -150,7 +157,7 @@ class RayDataEngine:
 # A small scorer runs faster as several single-threaded actors than as one actor with all the
 # threads (its matrices are too small to share among threads; one thread preempted by Ray's own
 # processes stalls the others): on 2 cores, a 3M-parameter model scored 12,000 rows in 72.6 s on
-# two 1-CPU actors and in 98.6 s on one 2-CPU actor (benchmarks/README.md#data-stage-throughput).
+# two 1-CPU actors and in 98.6 s on one 2-CPU actor (benchmarks/README.md#data-compression-throughput-data_throughputpy).
 # Only with enough calls to keep every actor busy: with one call per actor (SmolLM2, 512 rows in
 # two calls) one actor's call held all the long rows and the stage took 1.5-1.6x as long as on one actor.
 MIN_CALLS_PER_ACTOR = 4
