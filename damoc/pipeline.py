@@ -122,7 +122,8 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "model_compression": compression.model_dump(mode="json", by_alias=True),
             "data_dir": str(data_dir),
             "task_type": task_type,
-            "validation_rows": min(ranking.eval_max_rows or 10**9, 128),
+            # The ground truth's rungs only feed the report's diagnostics: they keep the default.
+            "validation_rows": validation_rows(ranking, mode),
             "test_rows": ranking.eval_max_rows or 10**9,
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
             "few_shot_k": ranking.few_shot_k,
@@ -145,6 +146,13 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
     return jobs
+
+
+def validation_rows(ranking, mode: str) -> int:
+    """Validation rows a trial scores at each rung: `early_stopping.validation_rows` for proxies when
+    set, else eval_max_rows capped at 128 (a rung costs an evaluation, and there are several)."""
+    chosen = ranking.early_stopping.validation_rows if mode == "proxy" else None
+    return chosen or min(ranking.eval_max_rows or 10**9, 128)
 
 
 def _weights_digest(path: str) -> str:

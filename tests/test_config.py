@@ -224,3 +224,18 @@ def test_readme_config_reference_is_current():
 def test_shipped_job_configs_validate(job):
     config = load_config(job)
     assert config.candidates
+
+
+def test_rung_validation_rows_for_proxies_only(tmp_path):
+    from damoc.pipeline import validation_rows
+
+    default = load_config(write(tmp_path, BASE))          # eval_max_rows 500: rungs see at most 128
+    assert validation_rows(default.ranking, "proxy") == validation_rows(default.ranking, "full_ft") == 128
+    small = load_config(write(tmp_path, BASE), ["ranking.eval_max_rows=40"])
+    assert validation_rows(small.ranking, "proxy") == 40
+    chosen = load_config(write(tmp_path, BASE), ["ranking.early_stopping.validation_rows=600"])
+    assert validation_rows(chosen.ranking, "proxy") == 600
+    # The ground truth's rungs are diagnostics: its cached runs stay valid whatever the proxies use.
+    assert validation_rows(chosen.ranking, "full_ft") == 128
+    with pytest.raises(ConfigError, match="ranking.early_stopping.validation_rows"):
+        load_config(write(tmp_path, BASE), ["ranking.early_stopping.validation_rows=0"])
