@@ -199,6 +199,26 @@ def test_prepare_data_caches_by_content(tmp_path, monkeypatch):
     assert prepare_data(cfg(path), cache).fingerprint != first.fingerprint
 
 
+def test_prepare_data_key_ignores_where_the_files_are(tmp_path, monkeypatch):
+    """The same files under another folder (a second checkout, a moved project, a relative path)
+    read from the cache; the report names the path this run was given."""
+    cache = tmp_path / "cache"
+    rows = pc_rows(30)
+    first = prepare_data(cfg(jsonl(tmp_path / "a" / "d.jsonl", rows)), cache)
+    moved = jsonl(tmp_path / "b" / "renamed.jsonl", rows)
+    monkeypatch.setattr(load_module, "load_data", lambda *a, **k: pytest.fail("re-read data the cache holds"))
+    again = prepare_data(cfg(moved), cache)
+    assert again.fingerprint == first.fingerprint and again.splits == first.splits
+    assert again.source == str(moved)
+    monkeypatch.chdir(tmp_path)
+    assert prepare_data(cfg("b/renamed.jsonl"), cache).fingerprint == first.fingerprint
+    monkeypatch.undo()
+    # Which file is which split is content too: the same two files swapped are other data.
+    split_a, split_b = jsonl(tmp_path / "s" / "x.jsonl", pc_rows(20, "x")), jsonl(tmp_path / "s" / "y.jsonl", pc_rows(21, "y"))
+    assert prepare_data(cfg({"train": str(split_a), "test": str(split_b)}), cache).fingerprint != \
+        prepare_data(cfg({"train": str(split_b), "test": str(split_a)}), cache).fingerprint
+
+
 def test_crashed_stage_leaves_no_entry_and_reruns(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = jsonl(tmp_path / "d.jsonl", pc_rows(30))

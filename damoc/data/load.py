@@ -303,7 +303,11 @@ def _task_type(splits: dict[str, list[Record]], cfg: DataConfig) -> str:
 
 # ------------------------------------------------------------------------------- the stage
 def data_fingerprint(cfg: DataConfig, sources: list[SplitSource]) -> str:
-    return fp.fingerprint(STAGE, cfg, {s.split: [s.label, s.digest()] for s in sources}, stage_version=STAGE_VERSION)
+    """Content, not location: the same files read from another checkout, a moved folder or through a
+    relative path are the same data. Every later stage's key (trials included) hangs off this one, so
+    a path in it would re-train every candidate after a `git clone` or a `mv`."""
+    settings = cfg.model_dump(mode="json", by_alias=True, exclude={"source"})
+    return fp.fingerprint(STAGE, settings, {s.split: s.digest() for s in sources}, stage_version=STAGE_VERSION)
 
 
 def prepare_data(cfg: DataConfig, cache_root: str | os.PathLike) -> LoadedData:
@@ -316,7 +320,7 @@ def prepare_data(cfg: DataConfig, cache_root: str | os.PathLike) -> LoadedData:
         log.info("data: cached %s (%s)", key, ", ".join(f"{s} {n}" for s, n in summary["rows"].items()))
         splits = {s: read_canonical(entry / f"{s}.jsonl") for s in SPLITS}
         return LoadedData(splits=splits, task_type=summary["task_type"], format=summary["format"],
-                          source=summary["source"], carved=summary["carved"],
+                          source=str(cfg.source), carved=summary["carved"],
                           skipped=summary["skipped_bad_rows"], fingerprint=key)
     started = time.perf_counter()
     data = load_data(cfg, sources=sources)
