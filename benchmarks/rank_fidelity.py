@@ -436,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     zoo_seconds = prepare_candidates(profile, tasks, work, cache)
     started = time.perf_counter()
     commit = git_commit()
-    results, truths, configs = [], {}, {}
+    results, truths, configs, task_seconds = [], {}, {}, {}
     try:
         for task in tasks:
+            task_started = time.perf_counter()
             if tried is not None:
                 rows, truth = run_tried(task, tried_pairs[task], log)
                 configs[task] = base_config(profile, task, work, cache)
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 configs[task] = cfgs["damoc"]
             results += rows
             truths[task] = truth
+            task_seconds[task] = round(time.perf_counter() - task_started, 1)
     finally:
         ray.shutdown()
     payload = {
@@ -458,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "ground_truth": truths,
     }
-    payload["task_runs"] = {task: {"commit": commit, "seconds": payload["seconds"]} for task in tasks}
+    # Each task's own wall time, so a task merged into another run's file keeps what it cost.
+    payload["task_runs"] = {task: {"commit": commit, "seconds": task_seconds[task]} for task in tasks}
     if args.merge and out.is_file():
         payload = merge_tasks(json.loads(out.read_text()), payload)
     if tried is not None:    # rows beside the published run, not a new one: no plots, no README
@@ -664,7 +667,12 @@ def targets_summary(payload: dict) -> str:
 def _task_runs_note(payload: dict) -> str:
     runs = payload.get("task_runs") or {}
     if len({r["commit"] for r in runs.values()}) <= 1:
-        return ""
+        # One run: each task's share of its time. Files written before task_runs held per-task
+        # seconds give every task the whole run's time; those sum past the total and get no note.
+        seconds = [r.get("seconds") for r in runs.values()]
+        if len(runs) < 2 or None in seconds or sum(seconds) > payload["seconds"] + 1:
+            return ""
+        return " Per task: " + "; ".join(f"`{task}` {r['seconds'] / 60:.0f} min" for task, r in runs.items()) + "."
     return " Tasks from separate runs (`--merge`): " + "; ".join(
         f"`{task}` at commit {r['commit']}" + (f", {r['seconds'] / 60:.0f} min" if r.get("seconds") else "")
         for task, r in runs.items()) + "."

@@ -29,6 +29,12 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
     # Resolving the (prebuilt) candidates is timed apart from the benchmark's own seconds.
     assert 0 <= payload["zoo_seconds"] < payload["seconds"]
     assert set(payload["config"]["tasks"]) == {"wordnet-lexcat", "wordnet-defgen"}
+    # Each task's own time, at this run's commit; together no more than the run took.
+    runs = payload["task_runs"]
+    assert set(runs) == {"wordnet-lexcat", "wordnet-defgen"}
+    assert {r["commit"] for r in runs.values()} == {payload["commit"]}
+    assert all(r["seconds"] > 0 for r in runs.values())
+    assert sum(r["seconds"] for r in runs.values()) <= payload["seconds"] + 1
 
     for task in ("wordnet-lexcat", "wordnet-defgen"):
         rows = [r for r in payload["results"] if r["task"] == task]
@@ -124,6 +130,11 @@ def test_merge_keeps_the_other_tasks_with_their_commits():
     assert merged["task_runs"] == {"t1": {"commit": "aaa", "seconds": 300.0}, "t2": {"commit": "bbb", "seconds": 60.0}}
     assert merged["commit"] == "bbb"
     assert "`t1` at commit aaa, 5 min" in bench._task_runs_note(merged)
+    # One run: each task's share of it; an older file (every task given the whole run's time) gets no note.
+    one_run = {"seconds": 600.0, "task_runs": {"t1": {"commit": "c", "seconds": 240.0}, "t2": {"commit": "c", "seconds": 359.0}}}
+    assert bench._task_runs_note(one_run) == " Per task: `t1` 4 min; `t2` 6 min."
+    old_format = {"seconds": 600.0, "task_runs": {"t1": {"commit": "c", "seconds": 600.0}, "t2": {"commit": "c", "seconds": 600.0}}}
+    assert bench._task_runs_note(old_format) == ""
 
 
 def test_targets_summary_names_each_missed_target_with_its_figure():
