@@ -40,8 +40,9 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
-# The rank-fidelity benchmark (about an hour on 2 cores): results/rank_fidelity.json, its plots and
-# its section of benchmarks/README.md, all regenerated from one run.
+# The rank-fidelity benchmark (about 100 min cold on 2 cores, minutes once cached):
+# results/rank_fidelity.json, its plots and its section of benchmarks/README.md, all regenerated
+# from one run.
 bench: $(STAMP)
 	$(PY) benchmarks/rank_fidelity.py
 
