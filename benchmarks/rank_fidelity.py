@@ -363,16 +363,32 @@ def tried_configs(profile: dict, task: str, work: Path, cache: Path | None, entr
 
 def run_tried(task: str, pairs: list[tuple[dict, dict]], log) -> tuple[list[dict], dict]:
     """Each entry's proxy as a `damoc select` run on the shared stage cache, scored against the
-    ground truth (trained once, or read from the cache: the settings tried here never enter its
-    key). Rows have method "tried" and the entry's name as `variant`."""
-    results, truth = [], None
+    ground truth (trained once, or read from the cache: the proxy settings tried here never enter
+    its key). Rows have method "tried" and the entry's name as `variant`.
+
+    An entry may change the ground truth itself (`ranking.ground_truth_training`, e.g. its seed):
+    its row is then scored against its own ground truth, and also carries that ground truth and its
+    agreement with the first entry's (`truth_vs_first`), which measures how far the ground truth
+    repeats itself."""
+    results, first = [], None
     for entry, cfg in pairs:
         report = run(cfg)
-        truth = truth or truth_of(report, TASKS[task]["truth_metric"])
-        row = method_result(task, "tried", report, truth, cfg, variant=entry["name"], settings=entry)
+        own = truth_of(report, TASKS[task]["truth_metric"])
+        first = first or own
+        row = method_result(task, "tried", report, own, cfg, variant=entry["name"], settings=entry)
+        if own["scores"] != first["scores"]:
+            from damoc.ranking.agreement import agreement
+
+            same = agreement(own["scores"], first["scores"], predicted_higher_is_better=own["higher_is_better"],
+                             truth_higher_is_better=first["higher_is_better"])
+            row["ground_truth"] = {"ranking": own["ranking"], "scores": own["scores"]}
+            row["truth_vs_first"] = {"spearman": same["spearman"], "kendall": same["kendall"],
+                                     "top1_hit": same["top1_hit"]}
+            row["vs_first_truth"] = {k: v for k, v in score_ranking(report["ranking"], first).items()
+                                     if k in ("spearman", "kendall", "top1_hit", "regret")}
         results.append(row)
         log(task, row)
-    return results, truth
+    return results, first
 
 
 def main(argv: list[str] | None = None) -> int:

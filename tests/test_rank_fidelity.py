@@ -155,3 +155,36 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
                         "1 of 1 measured proxy settings meet all four.")
     assert lines[3].startswith("- `t2`: damoc missed: top-1 (chose c); Spearman 0.31 < 0.9; compute ratio 7.0x < 20x.")
     assert lines[3].endswith("Zero-shot Spearman - (damoc 0.31); none of the 2 measured proxy settings meets all four.")
+
+
+def _fake_report(truth: dict, ranking: list[str]) -> dict:
+    """The parts of a `damoc select` report the benchmark reads, for a run whose ground truth
+    scored the candidates `truth` (test accuracy) and whose proxies ranked them `ranking`."""
+    candidates = [{"name": n, "params": 1000, "score": -float(ranking.index(n)), "score_on": "test", "status": "ok",
+                   "rank": ranking.index(n) + 1, "wall_s": {"fine_tune": 1.0, "total": 2.0},
+                   "ground_truth": {"status": "ok", "test": {"accuracy": acc}, "train_tokens": 100,
+                                    "train_flops": 6e5, "wall_s": {"fine_tune": 10.0, "total": 12.0}, "history": []}}
+                  for n, acc in truth.items()]
+    return {"candidates": candidates, "ranking": ranking, "metric": "gold_logprob", "higher_is_better": True,
+            "cost": {"wall_s": {"data": 1.0}, "proxy_train_flops": 6e4}, "data_compression": {}, "_bench_seconds": 5.0}
+
+
+def test_a_tried_ground_truth_seed_is_scored_against_its_own_truth_and_compared(monkeypatch):
+    """`--try` entries that change the ground truth (its seed) are scored against the ground truth
+    their run trained, and record how well it agrees with the first entry's."""
+    bench = _benchmark_module()
+    truth0 = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
+    truth1 = {"a": 0.9, "b": 0.6, "c": 0.7, "d": 0.8}      # b and d swapped by another seed
+    proxy = ["a", "b", "c", "d"]
+    reports = iter([_fake_report(truth0, proxy), _fake_report(truth0, proxy), _fake_report(truth1, proxy)])
+    monkeypatch.setattr(bench, "run", lambda cfg: next(reports))
+    pairs = [({"name": n}, {"data_compression": {}, "model_compression": {}}) for n in ("seed0", "again", "truth_seed1")]
+    rows, truth = bench.run_tried("wordnet-lexcat", pairs, log=lambda task, row: None)
+    assert truth["ranking"] == ["a", "b", "c", "d"]                   # the file's ground truth is the first entry's
+    assert [r["spearman"] for r in rows[:2]] == [1.0, 1.0]
+    assert "truth_vs_first" not in rows[0] and "truth_vs_first" not in rows[1]
+    other = rows[2]
+    assert other["ground_truth"]["ranking"] == ["a", "d", "c", "b"]
+    assert abs(other["spearman"] - 0.2) < 1e-9                                  # proxy vs its own truth
+    assert abs(other["truth_vs_first"]["spearman"] - 0.2) < 1e-9 and other["truth_vs_first"]["top1_hit"]
+    assert other["vs_first_truth"]["spearman"] == 1.0 and other["vs_first_truth"]["top1_hit"]
