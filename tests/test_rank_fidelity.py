@@ -137,6 +137,18 @@ def test_merge_keeps_the_other_tasks_with_their_commits():
     assert bench._task_runs_note(old_format) == ""
 
 
+def test_a_ground_truth_read_from_the_cache_is_named_in_the_run_note():
+    bench = _benchmark_module()
+    payload = {"ground_truth": {
+        "trained": {"ground_truth_run_seconds": 1368.0, "end_to_end_s": 2426.0},
+        "cached": {"ground_truth_run_seconds": 0.9, "end_to_end_s": 1808.0},
+        "older_file": {"end_to_end_s": 1808.0}}}
+    note = bench._truth_cache_note(payload)
+    assert "`cached` (30 min" in note and "`trained`" not in note and "`older_file`" not in note
+    payload["ground_truth"].pop("cached")
+    assert bench._truth_cache_note(payload) == ""
+
+
 def test_targets_summary_names_each_missed_target_with_its_figure():
     bench = _benchmark_module()
     met = {"top1_hit": True, "spearman": 0.95, "compute_ratio": 25.0, "wall_ratio_end_to_end": 12.0, "chosen": "a"}
