@@ -199,7 +199,8 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
     tuner = tune.Tuner(
         trainable,
         param_space={"candidate": tune.grid_search([job.name for job in pending])},
-        tune_config=tune.TuneConfig(metric="val_eval_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
+        # `halving_loss`: the validation metric the halving compares, lower is better (with_halving_loss).
+        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
                                     # In-process trials only: a reused actor stays alive, and Ray Train's
                                     # placement-group cleaner frees a stopped trial's workers only when
                                     # the actor that owns its controller is gone (the next trial would

@@ -23,7 +23,7 @@ from damoc.io import atomic_dir, write_json, write_jsonl, write_text
 from damoc.models.load import checkpoint_digest, parse_zoo_reference, resolve_model_path
 from damoc.orchestrate import TRIAL_STAGE, TrialJob, init_ray, run_name, run_trials
 from damoc.trials.trial import FAILED_LOSS, resolve_deepspeed
-from damoc.ranking.scores import resolve_metric
+from damoc.ranking.scores import halving_metric, resolve_metric
 
 log = logging.getLogger("damoc")
 TRIAL_VERSION = 2
@@ -46,6 +46,8 @@ def check_supported(config: RunConfig) -> None:
     if config.ranking.method == "curve" and config.ranking.early_stopping.rungs < 3:
         raise ConfigError(f"ranking.method 'curve' needs at least 3 rungs (ranking.early_stopping.rungs is "
                           f"{config.ranking.early_stopping.rungs}): a curve is fitted through the rung evaluations")
+    if config.ranking.metric != "auto":  # `auto` needs the task's type: checked once the data is loaded
+        halving_metric(config, "")
 
 
 # ------------------------------------------------------------------------------ data
@@ -132,6 +134,7 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "reduction_factor": ranking.early_stopping.reduction_factor,
             # Part of the key so that a trial stopped under one schedule is not reused under another.
             "scheduler": [ranking.early_stopping.scheduler, ranking.early_stopping.grace] if mode == "proxy" else None,
+            **_halving_setting(config, task_type, mode),
             # Data-parallel workers change the effective batch, so they are part of the trial's key.
             "workers": max(1, config.cluster.workers_per_candidate),
         }
@@ -146,6 +149,12 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
     return jobs
+
+
+def _halving_setting(config: RunConfig, task_type: str, mode: str) -> dict:
+    # Only set when it is not the loss, so that trials cached before the option keep their keys.
+    metric = halving_metric(config, task_type) if mode == "proxy" else "eval_loss"
+    return {} if metric == "eval_loss" else {"halving_metric": metric}
 
 
 def validation_rows(ranking, mode: str) -> int:
@@ -241,6 +250,7 @@ def run_select(config: RunConfig) -> dict:
         raise ConfigError(f"ranking.metric {metric} needs a classification task; {config.data.source} is {data.task_type}")
     if metric in ("rouge_l", "bertscore") and data.task_type != "generation":
         raise ConfigError(f"ranking.metric {metric} needs a generation task; {config.data.source} is {data.task_type}")
+    halving_metric(config, data.task_type)  # refused here, before any training, when the rungs cannot measure it
     t = time.perf_counter()
     paths = _resolve_candidates(config, cache)
     wall["candidates"] = time.perf_counter() - t

@@ -306,6 +306,30 @@ def test_trial_reports_baselines_rungs_and_final(micro_zoo, small_data):
     assert "zero_shot" in result["baselines"] and all(math.isfinite(r["val_eval_loss"]) for r in reports)
 
 
+def test_trial_reports_the_halving_metric_lower_is_better(micro_zoo, small_data):
+    from damoc.trials.trial import FAILED_LOSS
+
+    path = str(micro_zoo / "micro-qwen2-tiny-domain")
+    by_loss, by_logprob = [], []
+    run_trial(trial_settings(path, small_data), by_loss.append)
+    run_trial({**trial_settings(path, small_data), "halving_metric": "gold_logprob"}, by_logprob.append)
+    # The scheduler's one metric: the loss as it is, the gold option's log-probability negated, and
+    # the worst value before any rung (the baselines report) so nothing is halved on it.
+    assert [r["halving_loss"] for r in by_loss] == [FAILED_LOSS] + [r["val_eval_loss"] for r in by_loss[1:]]
+    assert by_logprob[0]["halving_loss"] == FAILED_LOSS
+    assert [r["halving_loss"] for r in by_logprob[1:]] == [-r["val_gold_logprob"] for r in by_logprob[1:]]
+    assert by_logprob[-1]["status"] == "completed" and by_logprob[-1]["val_gold_logprob"] == by_logprob[-2]["val_gold_logprob"]
+    assert all(r["halving_loss"] > 0 for r in by_logprob[1:])  # a log-probability, negated
+
+
+def test_halving_on_a_metric_the_rungs_do_not_measure_exits_2(micro_zoo_cache, tmp_path, cli):
+    code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
+                         f"output.cache_dir={micro_zoo_cache}", "data.source=bundled:wordnet-defgen",
+                         "ranking.metric=rouge_l", "ranking.early_stopping.metric=ranking")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "ranking.early_stopping.metric 'ranking' needs a ranking.metric the rungs measure" in err and "rouge_l" in err
+
+
 def test_trial_lora_trains_only_adapters(micro_zoo, small_data):
     result = run_trial(trial_settings(str(micro_zoo / "micro-phi3-mixed"), small_data, method="lora"), lambda m: None)
     assert result["status"] == "ok" and 0 < result["trainable_params"] < result["params"] / 2

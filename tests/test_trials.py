@@ -66,3 +66,26 @@ def test_agreement_metrics():
     loss = agreement({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}, truth, predicted_higher_is_better=False)
     assert loss["spearman"] == pytest.approx(1.0) and loss["top1_hit"]
     assert rank({"x": 1.0, "y": 1.0, "z": 2.0}) == ["z", "x", "y"]
+
+
+def test_stopped_candidates_rank_by_rung_then_the_halving_metric():
+    from damoc.orchestrate import TrialOutcome
+    from damoc.ranking.scores import proxy_ranking
+
+    def stopped(budget, loss, logprob):
+        return {"budget": budget, "val_eval_loss": loss, "val_gold_logprob": logprob}
+
+    outcomes = {
+        "done": TrialOutcome("done", "completed", {"test": {"gold_logprob": -1.0, "eval_loss": 0.5}}),
+        "a": TrialOutcome("a", "stopped_early", history=[stopped(1, 0.8, -2.3)]),
+        "b": TrialOutcome("b", "stopped_early", history=[stopped(1, 0.9, -2.1)]),
+        "c": TrialOutcome("c", "stopped_early", history=[stopped(1, 0.7, -2.2), stopped(2, 1.5, -2.4)]),
+        "lost": TrialOutcome("lost", "failed", error="boom"),
+    }
+    def names(rows):
+        return [r["name"] for r in rows]
+    # Later rungs first whatever their score; within a rung the loss (lower first) or the gold
+    # option's log-probability (higher first); failures last, unranked.
+    assert names(proxy_ranking(outcomes, "gold_logprob")) == ["done", "c", "a", "b", "lost"]
+    assert names(proxy_ranking(outcomes, "gold_logprob", "gold_logprob")) == ["done", "c", "b", "a", "lost"]
+    assert proxy_ranking(outcomes, "gold_logprob")[-1]["rank"] is None

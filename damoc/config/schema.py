@@ -224,6 +224,7 @@ class EarlyStoppingConfig(Section):
     rungs: int = Field(3, ge=1, description="Evaluations per trial, at training budgets total/rf^(rungs-1), ..., total/rf, total.")
     reduction_factor: int = Field(2, ge=2, description="Keep 1/reduction_factor of the candidates at each rung (rf).")
     grace: int = Field(1, ge=1, description="Evaluations every candidate gets before it may be stopped.")
+    metric: Literal["eval_loss", "ranking"] = Field("eval_loss", description="What each halving decision compares, on the validation rows: the language-model loss (`eval_loss`), or the validation value of `ranking.metric` (`ranking`; for accuracy and gold_logprob, which rung evaluations measure on classification tasks). Stopped candidates are ranked by it too, later rungs first.")
     validation_rows: Optional[int] = Field(None, ge=1, description="Validation rows each proxy rung is scored on (the halving decisions and the learning curves). More rows steady decisions between close candidates and cost evaluation time at every rung. Default: eval_max_rows, at most 128.")
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from damoc.errors import ConfigError
 from damoc.ranking.agreement import agreement
+from damoc.trials.trial import HALVING_METRICS
 
 # metric -> higher is better
 METRICS = {"accuracy": True, "gold_logprob": True, "rouge_l": True, "bertscore": True, "eval_loss": False}
@@ -16,6 +18,17 @@ def resolve_metric(requested: str, task_type: str) -> str:
     if requested != "auto":
         return requested
     return "accuracy" if task_type == "classification" else "rouge_l"
+
+
+def halving_metric(config, task_type: str) -> str:
+    """The validation metric each halving decision compares (and stopped candidates are ranked by)."""
+    if config.ranking.early_stopping.metric == "eval_loss":
+        return "eval_loss"
+    metric = resolve_metric(config.ranking.metric, task_type)
+    if metric not in HALVING_METRICS:
+        raise ConfigError(f"ranking.early_stopping.metric 'ranking' needs a ranking.metric the rungs measure "
+                          f"({', '.join(HALVING_METRICS)}); {metric} is measured on the test split only")
+    return metric
 
 
 def _key(scores: dict, metric: str):
@@ -31,14 +44,21 @@ def rank_scores(scores: dict[str, dict], metric: str) -> list[str]:
     return sorted(scores, key=lambda n: (*_key(scores[n], metric), n))
 
 
-def proxy_ranking(outcomes: dict, metric: str) -> list[dict]:
+def proxy_ranking(outcomes: dict, metric: str, halving: str = "eval_loss") -> list[dict]:
     """Completed trials by their test score; then those successive halving stopped, later rungs
-    first, each by its last validation loss; failed trials are listed last and not ranked."""
+    first, each by the validation metric the halving compared (`halving`, the loss by default);
+    failed trials are listed last and not ranked."""
     completed = {n: o.result["test"] for n, o in outcomes.items() if o.status == "completed"}
     order = rank_scores(completed, metric)
     stopped = [n for n, o in outcomes.items() if o.status == "stopped_early"]
     last = {n: (outcomes[n].history[-1] if outcomes[n].history else {}) for n in stopped}
-    stopped.sort(key=lambda n: (-last[n].get("budget", 0), last[n].get("val_eval_loss", math.inf), n))
+    sign = -1 if HALVING_METRICS[halving] else 1
+
+    def halving_loss(name: str) -> float:
+        value = last[name].get(f"val_{halving}")
+        return math.inf if value is None else sign * value
+
+    stopped.sort(key=lambda n: (-last[n].get("budget", 0), halving_loss(n), n))
     failed = sorted(n for n, o in outcomes.items() if o.status == "failed")
     rows = []
     for rank, name in enumerate(order + stopped, start=1):

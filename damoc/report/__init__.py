@@ -17,7 +17,7 @@ import damoc
 from damoc.config import RunConfig
 from damoc.data import LoadedData
 from damoc.io import write_json, write_text
-from damoc.ranking.scores import (METRICS, agreement_with_truth, baseline_rankings, proxy_ranking,
+from damoc.ranking.scores import (METRICS, agreement_with_truth, baseline_rankings, halving_metric, proxy_ranking,
                                   ranking_as_scores)
 
 REPORT_VERSION = 1
@@ -43,7 +43,7 @@ def _zoo_manifest(path: str) -> dict:
 def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compression: dict, metric: str,
                  proxies: dict, truth: Optional[dict], paths: dict[str, str], wall: dict[str, float],
                  curves: Optional[dict] = None) -> dict:
-    ranking_rows = proxy_ranking(proxies, metric)
+    ranking_rows = proxy_ranking(proxies, metric, halving_metric(config, data.task_type))
     final_score_ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
     if curves is not None:
         # Extrapolated curves first (lowest predicted loss); a candidate without any rung

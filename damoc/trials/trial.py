@@ -29,7 +29,29 @@ FAILED_LOSS = 1e9
 
 
 def failure_metrics(message: str) -> dict:
-    return {"step": 0, "budget": 0, "status": "failed", "error": message, "val_eval_loss": FAILED_LOSS}
+    return {"step": 0, "budget": 0, "status": "failed", "error": message, "val_eval_loss": FAILED_LOSS,
+            "halving_loss": FAILED_LOSS}
+
+
+# metrics a halving decision may compare -> higher is better
+HALVING_METRICS = {"eval_loss": False, "gold_logprob": True, "accuracy": True}
+
+
+def with_halving_loss(report: Report, metric: str) -> Report:
+    """`report`, adding `halving_loss` (lower is better) to every result: the validation `metric`,
+    negated when higher is better. The scheduler compares it (one name and one mode whatever the
+    metric); a result without the metric (another rank, a failure, the baselines) carries FAILED_LOSS."""
+    higher = HALVING_METRICS[metric]
+
+    def send(metrics: dict) -> None:
+        value = metrics.get(f"val_{metric}")
+        if value is None or (metric == "eval_loss" and value == FAILED_LOSS):
+            loss = FAILED_LOSS
+        else:
+            loss = -value if higher else value
+        report({**metrics, "halving_loss": loss})
+
+    return send
 
 
 def node_id() -> str | None:
@@ -184,6 +206,7 @@ def run_trial(settings: dict, report: Report) -> dict:
 
     started = time.perf_counter()
     rank, world = _dist()
+    report = with_halving_loss(report, settings.get("halving_metric", "eval_loss"))
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
     candidate, training, task_type = settings["candidate"], settings["training"], settings["task_type"]
@@ -323,7 +346,8 @@ def run_trial(settings: dict, report: Report) -> dict:
     result["wall_s"] = {k: round(v, 2) for k, v in wall.items()}
     final = {"step": progress["steps"], "budget": rf ** (len(rungs) - 1), "status": "completed",
              "train_loss": progress["train_loss"], "train_tokens": train_tokens,
-             "val_eval_loss": history[-1]["val_eval_loss"] if history else FAILED_LOSS}
+             "val_eval_loss": FAILED_LOSS, **({k: v for k, v in history[-1].items() if k.startswith("val_")}
+                                              if history else {})}
     if rank == 0:
         final.update({f"test_{k}": v for k, v in result["test"].items() if isinstance(v, float)})
         final["result_json"] = json.dumps(result, default=_json_default)
