@@ -8,10 +8,7 @@ from typing import Optional
 
 from damoc.errors import ConfigError
 from damoc.ranking.agreement import agreement
-from damoc.trials.trial import HALVING_METRICS
-
-# metric -> higher is better
-METRICS = {"accuracy": True, "gold_logprob": True, "rouge_l": True, "bertscore": True, "eval_loss": False}
+from damoc.trials import METRICS, RUNG_METRICS
 
 
 def resolve_metric(requested: str, task_type: str) -> str:
@@ -25,9 +22,9 @@ def halving_metric(config, task_type: str) -> str:
     if config.ranking.early_stopping.metric == "eval_loss":
         return "eval_loss"
     metric = resolve_metric(config.ranking.metric, task_type)
-    if metric not in HALVING_METRICS:
+    if metric not in RUNG_METRICS:
         raise ConfigError(f"ranking.early_stopping.metric 'ranking' needs a ranking.metric the rungs measure "
-                          f"({', '.join(HALVING_METRICS)}); {metric} is measured on the test split only")
+                          f"({', '.join(RUNG_METRICS)}); {metric} is measured on the test split only")
     return metric
 
 
@@ -52,7 +49,7 @@ def proxy_ranking(outcomes: dict, metric: str, halving: str = "eval_loss") -> li
     order = rank_scores(completed, metric)
     stopped = [n for n, o in outcomes.items() if o.status == "stopped_early"]
     last = {n: (outcomes[n].history[-1] if outcomes[n].history else {}) for n in stopped}
-    sign = -1 if HALVING_METRICS[halving] else 1
+    sign = -1 if METRICS[halving] else 1
 
     def halving_loss(name: str) -> float:
         value = last[name].get(f"val_{halving}")

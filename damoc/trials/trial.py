@@ -21,6 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from damoc.trials import METRICS
+
 log = logging.getLogger("damoc.trials")
 
 Report = Callable[[dict], None]
@@ -33,22 +35,16 @@ def failure_metrics(message: str) -> dict:
             "halving_loss": FAILED_LOSS}
 
 
-# metrics a halving decision may compare -> higher is better
-HALVING_METRICS = {"eval_loss": False, "gold_logprob": True, "accuracy": True}
-
-
 def with_halving_loss(report: Report, metric: str) -> Report:
-    """`report`, adding `halving_loss` (lower is better) to every result: the validation `metric`,
-    negated when higher is better. The scheduler compares it (one name and one mode whatever the
-    metric); a result without the metric (another rank, a failure, the baselines) carries FAILED_LOSS."""
-    higher = HALVING_METRICS[metric]
+    """`report`, adding `halving_loss` (lower is better) to every result: the validation `metric`
+    (one of RUNG_METRICS), negated when higher is better. The scheduler compares it (one name and
+    one mode whatever the metric); a result without the metric (another rank, a failure, the
+    baselines) carries FAILED_LOSS."""
+    higher = METRICS[metric]
 
     def send(metrics: dict) -> None:
         value = metrics.get(f"val_{metric}")
-        if value is None or (metric == "eval_loss" and value == FAILED_LOSS):
-            loss = FAILED_LOSS
-        else:
-            loss = -value if higher else value
+        loss = FAILED_LOSS if value is None else -value if higher else value
         report({**metrics, "halving_loss": loss})
 
     return send
