@@ -47,7 +47,7 @@ def check_supported(config: RunConfig) -> None:
         raise ConfigError(f"ranking.method 'curve' needs at least 3 rungs (ranking.early_stopping.rungs is "
                           f"{config.ranking.early_stopping.rungs}): a curve is fitted through the rung evaluations")
     if config.ranking.metric != "auto":  # `auto` needs the task's type: checked once the data is loaded
-        halving_metric(config, "")
+        halving_metric(config)
 
 
 # ------------------------------------------------------------------------------ data

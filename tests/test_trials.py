@@ -89,3 +89,22 @@ def test_stopped_candidates_rank_by_rung_then_the_halving_metric():
     assert names(proxy_ranking(outcomes, "gold_logprob")) == ["done", "c", "a", "b", "lost"]
     assert names(proxy_ranking(outcomes, "gold_logprob", "gold_logprob")) == ["done", "c", "b", "a", "lost"]
     assert proxy_ranking(outcomes, "gold_logprob")[-1]["rank"] is None
+
+
+def test_halving_metric_resolves_from_the_ranking_metric_and_the_task_type():
+    from damoc.config.load import validate_config
+    from damoc.errors import ConfigError
+    from damoc.ranking.scores import halving_metric
+
+    def config(metric, halving):
+        return validate_config({"candidates": ["m"], "data": {"source": "d.jsonl"},
+                                "ranking": {"metric": metric, "early_stopping": {"metric": halving}}}, "test")
+
+    assert halving_metric(config("auto", "eval_loss")) == "eval_loss"
+    assert halving_metric(config("gold_logprob", "ranking")) == "gold_logprob"
+    assert halving_metric(config("auto", "ranking"), "classification") == "accuracy"
+    # Before the data is loaded, `auto` cannot resolve: the caller must pass the task type.
+    with pytest.raises(ValueError, match="task type"):
+        halving_metric(config("auto", "ranking"))
+    with pytest.raises(ConfigError, match="rouge_l is measured on the test split only"):
+        halving_metric(config("auto", "ranking"), "generation")

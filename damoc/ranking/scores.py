@@ -17,11 +17,14 @@ def resolve_metric(requested: str, task_type: str) -> str:
     return "accuracy" if task_type == "classification" else "rouge_l"
 
 
-def halving_metric(config, task_type: str) -> str:
-    """The validation metric each halving decision compares (and stopped candidates are ranked by)."""
+def halving_metric(config, task_type: Optional[str] = None) -> str:
+    """The validation metric each halving decision compares (and stopped candidates are ranked by).
+    Without the task type (before the data is loaded) only an explicit ranking.metric resolves."""
     if config.ranking.early_stopping.metric == "eval_loss":
         return "eval_loss"
-    metric = resolve_metric(config.ranking.metric, task_type)
+    if task_type is None and config.ranking.metric == "auto":
+        raise ValueError("halving_metric: ranking.metric 'auto' needs the task type")
+    metric = resolve_metric(config.ranking.metric, task_type or "")
     if metric not in RUNG_METRICS:
         raise ConfigError(f"ranking.early_stopping.metric 'ranking' needs a ranking.metric the rungs measure "
                           f"({', '.join(RUNG_METRICS)}); {metric} is measured on the test split only")
