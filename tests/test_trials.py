@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from damoc.config.schema import DataConfig
@@ -12,6 +14,7 @@ from damoc.data import load_data
 from damoc.ranking.agreement import agreement, rank
 from damoc.trials.evaluate import response_loss, score_choices
 from damoc.trials.finetune import IGNORE, build_examples, finetune
+from damoc.trials.prompts import PromptFormat
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,81 @@ def test_halving_metric_resolves_from_the_ranking_metric_and_the_task_type():
         halving_metric(config("auto", "ranking"))
     with pytest.raises(ConfigError, match="rouge_l is measured on the test split only"):
         halving_metric(config("auto", "ranking"), "generation")
+
+
+class _FullLogitsOnly(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep` (as remote-code models may not)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def _reference_logprob(model, context: list[int], continuation: list[int]) -> float:
+    """log p(continuation | context) from one unpadded sequence and full logits."""
+    ids = torch.tensor([context + continuation])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(float(logprobs[len(context) - 1 + j, t]) for j, t in enumerate(continuation))
+
+
+def test_the_loss_on_labelled_positions_only_equals_the_models_own_loss_and_gradients(micro_zoo, lexcat):
+    from damoc.trials.finetune import collate
+    from damoc.trials.logits import causal_lm_loss, keeps_logits_by_mask
+
+    model, tokenizer = load(micro_zoo, "micro-llama-deep-domain")
+    assert keeps_logits_by_mask(model) and not keeps_logits_by_mask(_FullLogitsOnly(model))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():  # leave the pretrained point, so gradients are not tiny
+        p.data.add_(0.05 * torch.randn_like(p))
+    for loss_on in ("completion", "all"):
+        examples = build_examples(tokenizer, lexcat.splits["train"][:6], max_seq_length=96, loss_on=loss_on)
+        batch = collate(examples, tokenizer.pad_token_id)   # right-padded rows of different lengths
+        assert len({len(ids) for ids, _ in examples}) > 1
+        model.zero_grad()
+        expected = model(**batch).loss
+        expected.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        for wrapped in (model, _FullLogitsOnly(model)):
+            model.zero_grad()
+            loss = causal_lm_loss(wrapped, batch, IGNORE)
+            loss.backward()
+            assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+            for got, want in zip((p.grad for p in model.parameters()), grads):
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_scores_read_at_kept_positions_equal_scores_from_full_logits(micro_zoo, lexcat):
+    from damoc.trials.evaluate import classification_scores, continuation_logprobs
+
+    model, tokenizer = load(micro_zoo, "micro-gpt2-jargon")
+    rows = lexcat.splits["test"][:12]
+    fmt_pairs = [(tokenizer(" " + r["prompt"])["input_ids"], tokenizer(" " + r["response"])["input_ids"] + [2])
+                 for r in rows]
+    want = [_reference_logprob(model, c, x) for c, x in fmt_pairs]
+    for scored in (model, _FullLogitsOnly(model)):
+        got = continuation_logprobs(scored, tokenizer, fmt_pairs, batch_size=5)  # padded batches, some ragged
+        assert [n for _, n in got] == [len(x) for _, x in fmt_pairs]
+        assert [s for s, _ in got] == pytest.approx(want, rel=1e-4, abs=1e-4)
+    # A context cut from the left to fit `max_length` keeps the whole continuation.
+    cut = continuation_logprobs(model, tokenizer, fmt_pairs[:1], max_length=len(fmt_pairs[0][1]) + 3)
+    context, continuation = fmt_pairs[0]
+    assert cut[0][0] == pytest.approx(_reference_logprob(model, context[-3:], continuation), rel=1e-4, abs=1e-4)
+
+    # One pass for loss and options (single-token labels) gives what the two passes give.
+    one = classification_scores(model, tokenizer, rows)
+    two = {**response_loss(model, tokenizer, rows), **score_choices(model, tokenizer, rows)}
+    assert set(one) == set(two)
+    for key in ("eval_loss", "perplexity", "gold_logprob"):
+        assert one[key] == pytest.approx(two[key], rel=1e-5), key
+    assert one["accuracy"] == two["accuracy"] and one["tokens"] == two["tokens"] and one["rows"] == 12
+    # The gold option's log-probability is the option read off the context's next-token distribution.
+    fmt = PromptFormat(tokenizer)
+    r = rows[0]
+    options = [_reference_logprob(model, fmt.context_ids(r), fmt.continuation_ids(r, c, final=False))
+               for c in r["choices"]]
+    assert score_choices(model, tokenizer, rows[:1])["gold_logprob"] == pytest.approx(
+        options[r["label"]] - float(np.logaddexp.reduce(options)), rel=1e-4, abs=1e-4)

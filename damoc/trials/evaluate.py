@@ -17,6 +17,7 @@ import torch
 
 from damoc.data.records import Record
 from damoc.log import progress
+from damoc.trials.logits import keeps_logits_by_mask, logits_at
 from damoc.trials.prompts import PromptFormat
 
 
@@ -24,20 +25,31 @@ def _format(tokenizer, fmt: Optional[PromptFormat]) -> PromptFormat:
     return fmt if fmt is not None else PromptFormat(tokenizer)
 
 
+def _positions_limit(model, max_length: Optional[int]) -> int:
+    positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    return min(max_length or positions, positions)
+
+
 @torch.no_grad()
-def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], *,
-                          batch_size: int = 32, max_length: Optional[int] = None, desc: str = "scoring") -> list[tuple[float, int]]:
-    """Sum of log p(continuation | context) and the continuation's length, for each pair of id lists.
-    Contexts too long for `max_length` are cut from the left (the continuation is always kept)."""
+def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int,
+                 max_length: Optional[int], desc: str,
+                 next_ids: Optional[Sequence[Sequence[int]]] = None) -> tuple[list[tuple[float, int]], list[list[float]]]:
+    """For each (context, continuation) pair: the sum of log p(continuation | context) and the
+    continuation's length; with `next_ids`, also log p(t | context) for each id t in next_ids[i]
+    (the next-token distribution at the context's end, read from the same pass).
+
+    Logits are computed only at the positions read (damoc.trials.logits). Sequences too long for
+    the model (or `max_length`) lose tokens from the left; the continuation is always kept."""
     model.eval()
     device = next(model.parameters()).device
-    positions = getattr(model.config, "max_position_embeddings", None) or 2048
-    limit = min(max_length or positions, positions)
+    limit = _positions_limit(model, max_length)
+    by_mask = keeps_logits_by_mask(model)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+    sums: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+    nexts: list[list[float]] = [[] for _ in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        batch = [order[i] for i in range(start, min(start + batch_size, len(order)))]
+        batch = order[start:start + batch_size]
         seqs = []
         for i in batch:
             ctx, cont = pairs[i]
@@ -46,17 +58,34 @@ def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], lis
         width = max(len(s) for s, _ in seqs)
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, (seq, _) in enumerate(seqs):
+        keep = torch.zeros((len(seqs), width), dtype=torch.bool)
+        spans = []  # per row: first kept position (the context's last token) and how many are kept
+        for row, (seq, n_cont) in enumerate(seqs):
             input_ids[row, :len(seq)] = torch.tensor(seq)
             attention[row, :len(seq)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
+            first = len(seq) - n_cont - 1
+            kept = max(n_cont, 1 if next_ids is not None else 0)
+            keep[row, first:first + kept] = True
+            spans.append((first, kept))
+        logprobs = torch.log_softmax(logits_at(model, input_ids.to(device), attention.to(device), keep.to(device),
+                                               by_mask=by_mask).float(), dim=-1)
+        cursor = 0
         for row, (seq, n_cont) in enumerate(seqs):
-            positions = torch.arange(len(seq) - n_cont - 1, len(seq) - 1, device=device)
-            targets = torch.tensor(seq[len(seq) - n_cont:], device=device)
-            total = logprobs[row, positions, targets].sum().item()
-            results[batch[row]] = (total, n_cont)
-    return results
+            i = batch[row]
+            rows = logprobs[cursor:cursor + spans[row][1]]
+            cursor += spans[row][1]
+            targets = torch.tensor(seq[len(seq) - n_cont:], dtype=torch.long, device=rows.device)
+            sums[i] = (rows[torch.arange(n_cont, device=rows.device), targets].sum().item(), n_cont)
+            if next_ids is not None:
+                nexts[i] = rows[0, list(next_ids[i])].tolist()
+    return sums, nexts
+
+
+def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], *,
+                          batch_size: int = 32, max_length: Optional[int] = None, desc: str = "scoring") -> list[tuple[float, int]]:
+    """Sum of log p(continuation | context) and the continuation's length, for each pair of id lists.
+    Contexts too long for `max_length` are cut from the left (the continuation is always kept)."""
+    return _score_pairs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc=desc)[0]
 
 
 def _option_scores(model, tokenizer, contexts: list[list[int]], options: list[list[list[int]]], *,
@@ -71,12 +100,11 @@ def _option_scores(model, tokenizer, contexts: list[list[int]], options: list[li
     multi = [i for i in range(len(options)) if i not in set(single)]
     by_record: dict[int, list[tuple[float, int]]] = {}
     if single:
-        # Score a dummy one-token continuation per context, then read every option's log-prob from
-        # the same distribution (continuation_logprobs returns sums; here we need the vector).
-        nexts = next_token_logprobs(model, tokenizer, [contexts[i] for i in single], batch_size=batch_size,
-                                    max_length=max_length)
+        _, nexts = _score_pairs(model, tokenizer, [(contexts[i], []) for i in single], batch_size=batch_size,
+                                max_length=max_length, desc="scoring options",
+                                next_ids=[[o[0] for o in options[i]] for i in single])
         for row, i in enumerate(single):
-            by_record[i] = [(float(nexts[row, o[0]]), 1) for o in options[i]]
+            by_record[i] = [(lp, 1) for lp in nexts[row]]
     if multi:
         pairs = [(contexts[i], o) for i in multi for o in options[i]]
         scored = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
@@ -90,45 +118,15 @@ def _option_scores(model, tokenizer, contexts: list[list[int]], options: list[li
     return flat
 
 
-@torch.no_grad()
-def next_token_logprobs(model, tokenizer, contexts: Sequence[list[int]], *, batch_size: int = 32,
-                        max_length: Optional[int] = None) -> torch.Tensor:
-    """log p(next token | context) over the vocabulary, one row per context."""
-    model.eval()
-    device = next(model.parameters()).device
-    positions = getattr(model.config, "max_position_embeddings", None) or 2048
-    limit = min(max_length or positions, positions)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows: list[torch.Tensor] = [None] * len(contexts)  # type: ignore[list-item]
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
-    for start in progress(range(0, len(order), batch_size), desc="scoring options", unit="batch"):
-        batch = order[start:start + batch_size]
-        seqs = [contexts[i][-limit:] for i in batch]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, seq in enumerate(seqs):
-            input_ids[r, :len(seq)] = torch.tensor(seq)
-            attention[r, :len(seq)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-        picked = torch.log_softmax(logits[torch.arange(len(seqs), device=device), last], dim=-1).cpu()
-        for r, i in enumerate(batch):
-            rows[i] = picked[r]
-    return torch.stack(rows) if rows else torch.empty(0)
-
-
-def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
-    """Accuracy by option log-likelihood (sum over the option's tokens), plus the mean normalised
-    log-probability of the gold option among the options (`gold_logprob`; chance = -log(#options)),
-    which ranks models even when their accuracy has collapsed to one class."""
-    fmt = _format(tokenizer, fmt)
+def _choice_inputs(records: Sequence[Record], fmt: PromptFormat) -> tuple[list[list[int]], list[list[list[int]]]]:
     contexts, options = [], []
     for record in records:
         contexts.append(fmt.context_ids(record))
         options.append([fmt.continuation_ids(record, choice, final=False) for choice in record["choices"]])
-    scores = _option_scores(model, tokenizer, contexts, options, batch_size=batch_size, max_length=max_length)
+    return contexts, options
+
+
+def _choice_summary(records: Sequence[Record], scores: Sequence[tuple[float, int]]) -> dict:
     correct, gold_lp = 0, 0.0
     cursor = 0
     for record in records:
@@ -142,6 +140,23 @@ def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: in
     return {"accuracy": correct / n, "gold_logprob": gold_lp / n, "rows": n}
 
 
+def _loss_summary(scores: Sequence[tuple[float, int]], rows: int) -> dict:
+    total = sum(s for s, _ in scores)
+    tokens = sum(n for _, n in scores)
+    loss = -total / max(tokens, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "rows": rows}
+
+
+def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
+                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+    """Accuracy by option log-likelihood (sum over the option's tokens), plus the mean normalised
+    log-probability of the gold option among the options (`gold_logprob`; chance = -log(#options)),
+    which ranks models even when their accuracy has collapsed to one class."""
+    contexts, options = _choice_inputs(records, _format(tokenizer, fmt))
+    scores = _option_scores(model, tokenizer, contexts, options, batch_size=batch_size, max_length=max_length)
+    return _choice_summary(records, scores)
+
+
 def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
                   max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
     """Mean per-token cross-entropy of the response (with its end-of-turn) given the prompt: the
@@ -149,10 +164,31 @@ def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: in
     fmt = _format(tokenizer, fmt)
     pairs = [(fmt.context_ids(r), fmt.continuation_ids(r, r["response"], final=True)) for r in records]
     scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc="scoring responses")
-    total = sum(s for s, _ in scores)
-    tokens = sum(n for _, n in scores)
-    loss = -total / max(tokens, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "rows": len(records)}
+    return _loss_summary(scores, len(records))
+
+
+def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
+                          max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+    """`response_loss` and `score_choices` of the same rows, with the same values.
+
+    Where every option is one token (category labels usually are) and no row is cut to fit, one
+    pass over context + response gives both: the response's log-probability, and at the
+    context's last token the next-token distribution the options are read from (it sees only the
+    context). Otherwise the two are computed apart."""
+    fmt = _format(tokenizer, fmt)
+    contexts, options = _choice_inputs(records, fmt)
+    responses = [fmt.continuation_ids(r, r["response"], final=True) for r in records]
+    limit = _positions_limit(model, max_length)
+    one_pass = all(len(o) == 1 for opts in options for o in opts) and \
+        all(len(c) + len(r) <= limit for c, r in zip(contexts, responses))
+    if not one_pass:
+        return {**response_loss(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt),
+                **score_choices(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt)}
+    sums, nexts = _score_pairs(model, tokenizer, list(zip(contexts, responses)), batch_size=batch_size,
+                               max_length=max_length, desc="scoring responses and options",
+                               next_ids=[[o[0] for o in opts] for opts in options])
+    return {**_loss_summary(sums, len(records)),
+            **_choice_summary(records, [(lp, 1) for row in nexts for lp in row])}
 
 
 @torch.no_grad()
@@ -231,12 +267,13 @@ def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str
     """Every score of a model on a task's rows: eval loss always; accuracy and the gold option's
     log-probability for classification; ROUGE-L and BERTScore of greedy generations for
     generation (when `generate`)."""
+    if task_type == "classification":
+        scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length)
+        scores.pop("tokens", None)
+        return {"rows": len(records), **scores}
     scores = {"rows": len(records), **response_loss(model, tokenizer, records, fmt=fmt, max_length=max_length)}
     scores.pop("tokens", None)
-    if task_type == "classification":
-        choice = score_choices(model, tokenizer, records, fmt=fmt, max_length=max_length)
-        scores.update(accuracy=choice["accuracy"], gold_logprob=choice["gold_logprob"])
-    elif generate:
+    if generate:
         predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt)
         references = [r["response"] for r in records]
         scores["rouge_l"] = rouge_l(predictions, references)

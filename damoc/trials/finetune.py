@@ -19,6 +19,7 @@ import torch
 
 from damoc.data.records import Record
 from damoc.log import progress
+from damoc.trials.logits import causal_lm_loss, keeps_logits_by_mask
 from damoc.trials.prompts import PromptFormat
 
 IGNORE = -100
@@ -159,6 +160,7 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
     evals = set(eval_steps)
+    by_mask = keeps_logits_by_mask(engine.model)
     engine.model.train()
     tokens, losses = 0, []
     for step in progress(range(steps), desc="fine-tuning", unit="step"):
@@ -167,7 +169,9 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
             start = (step * gradient_accumulation_steps + micro) * batch_size
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in shard[start:start + batch_size]], pad).items()}
             with autocast:
-                loss = engine.model(**batch).loss
+                # The loss `model(**batch).loss` gives, with the vocabulary projection only where a
+                # label is (the response's few tokens under `loss_on: completion`).
+                loss = causal_lm_loss(engine.model, batch, IGNORE, by_mask=by_mask)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}")
             engine.backward(loss)

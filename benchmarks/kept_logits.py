@@ -1,0 +1,131 @@
+"""What projecting only the positions read onto the vocabulary saves (damoc.trials.logits).
+
+    python benchmarks/kept_logits.py                 # demo zoo, wordnet-lexcat (~5 min on 2 cores)
+
+Per demo-zoo candidate, one thread, in one process, alternating the two ways so that the machine's
+drift hits both alike:
+- a fine-tuning step (batch 16 of lexcat training rows, loss on the response, AdamW): the loss from
+  full logits (`model(**batch).loss`) against the loss from the labelled positions' logits only;
+- scoring validation rows the way a rung does (response loss, accuracy and the gold option's
+  log-probability): full logits at every position in two passes (response, then options), as
+  before, against logits at the positions read, in one pass.
+Writes benchmarks/results/kept_logits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, git_commit, machine  # noqa: E402
+
+
+def _full_logits_only(model):
+    """The model behind a forward without `logits_to_keep`: damoc's code then takes full logits."""
+    import torch
+
+    class FullLogits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    return FullLogits()
+
+
+def measure(model_dir: Path, train, validation, steps: int, repeats: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from damoc.trials.evaluate import classification_scores, response_loss, score_choices
+    from damoc.trials.finetune import IGNORE, build_examples, collate
+    from damoc.trials.logits import causal_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = build_examples(tokenizer, train, max_seq_length=256)
+    batches = [collate(examples[i:i + 16], tokenizer.pad_token_id) for i in range(0, 16 * steps, 16)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step(kept: bool) -> float:
+        model.train()
+        started = time.perf_counter()
+        for batch in batches:
+            loss = causal_lm_loss(model, batch, IGNORE) if kept else model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - started) / len(batches)
+
+    def score(kept: bool) -> float:
+        started = time.perf_counter()
+        if kept:
+            classification_scores(model, tokenizer, validation)
+        else:
+            full = _full_logits_only(model)
+            response_loss(full, tokenizer, validation)
+            score_choices(full, tokenizer, validation)
+        return time.perf_counter() - started
+
+    train_step(True)  # warm-up (allocator, first-call overheads)
+    times = {"train_full": [], "train_kept": [], "score_full": [], "score_kept": []}
+    for _ in range(repeats):
+        for kept in (False, True):
+            times[f"train_{'kept' if kept else 'full'}"].append(train_step(kept))
+            times[f"score_{'kept' if kept else 'full'}"].append(score(kept))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": model.config.vocab_size,
+            "hidden_size": model.config.hidden_size,
+            "train_step_s_full": round(med["train_full"], 4), "train_step_s_kept": round(med["train_kept"], 4),
+            "train_speedup": round(med["train_full"] / med["train_kept"], 2),
+            "score_s_full": round(med["score_full"], 3), "score_s_kept": round(med["score_kept"], 3),
+            "score_speedup": round(med["score_full"] / med["score_kept"], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="fine-tuning steps per timing")
+    parser.add_argument("--rows", type=int, default=256, help="validation rows per scoring")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kept_logits.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from damoc.config.schema import DataConfig
+    from damoc.data import load_data
+    from damoc.io import write_text
+    from damoc.zoo.build import build_zoo
+    from damoc.zoo.specs import DEMO
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    zoo = build_zoo("demo")
+    data = load_data(DataConfig.model_validate({"source": "bundled:wordnet-lexcat",
+                                                "max_rows": {"train": 16 * args.steps, "validation": args.rows}}))
+    started = time.perf_counter()
+    rows = {}
+    for spec in DEMO:
+        rows[spec.name] = measure(zoo / spec.name, data.splits["train"], data.splits["validation"], args.steps,
+                                  args.repeats)
+        print(spec.name, json.dumps(rows[spec.name]), flush=True)
+    payload = {"commit": git_commit(), "machine": machine(), "seconds": round(time.perf_counter() - started, 1),
+               "config": {"task": "wordnet-lexcat", "batch_size": 16, "steps": args.steps, "rows": args.rows,
+                          "repeats": args.repeats, "threads": 1},
+               "results": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(args.out, json.dumps(payload, indent=2) + "\n")  # temp file, then rename
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
