@@ -149,6 +149,18 @@ def test_a_ground_truth_read_from_the_cache_is_named_in_the_run_note():
     assert bench._truth_cache_note(payload) == ""
 
 
+def test_rows_read_back_from_the_cache_are_named_in_the_run_note():
+    bench = _benchmark_module()
+    payload = {"task_runs": {"computed": {"commit": "c", "seconds": 1140.0}, "read_back": {"commit": "c", "seconds": 84.0}},
+               "results": [{"task": "computed", "end_to_end_s": 1500.0}, {"task": "computed", "end_to_end_s": 663.0},
+                           {"task": "read_back", "end_to_end_s": 3000.0}, {"task": "read_back", "end_to_end_s": 1273.0},
+                           {"task": "read_back", "method": "zero_shot"}]}
+    note = bench._rows_cache_note(payload)
+    assert "`read_back` (1 min here; 71 min" in note and "`computed`" not in note
+    payload["task_runs"]["read_back"]["seconds"] = 900.0
+    assert bench._rows_cache_note(payload) == ""
+
+
 def test_targets_summary_names_each_missed_target_with_its_figure():
     bench = _benchmark_module()
     met = {"top1_hit": True, "spearman": 0.95, "compute_ratio": 25.0, "wall_ratio_end_to_end": 12.0, "chosen": "a"}
