@@ -15,7 +15,6 @@ Writes benchmarks/results/kept_logits.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, git_commit, machine  # noqa: E402
+from common import ROOT, per_demo_candidate  # noqa: E402
 
 
 def _full_logits_only(model):
@@ -98,34 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kept_logits.json")
     args = parser.parse_args(argv)
 
-    import torch
-
     from damoc.config.schema import DataConfig
     from damoc.data import load_data
-    from damoc.io import write_text
-    from damoc.zoo.build import build_zoo
-    from damoc.zoo.specs import DEMO
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    zoo = build_zoo("demo")
     data = load_data(DataConfig.model_validate({"source": "bundled:wordnet-lexcat",
                                                 "max_rows": {"train": 16 * args.steps, "validation": args.rows}}))
-    started = time.perf_counter()
-    rows = {}
-    for spec in DEMO:
-        rows[spec.name] = measure(zoo / spec.name, data.splits["train"], data.splits["validation"], args.steps,
-                                  args.repeats)
-        print(spec.name, json.dumps(rows[spec.name]), flush=True)
-    payload = {"commit": git_commit(), "machine": machine(), "seconds": round(time.perf_counter() - started, 1),
-               "config": {"task": "wordnet-lexcat", "batch_size": 16, "steps": args.steps, "rows": args.rows,
-                          "repeats": args.repeats, "threads": 1},
-               "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(args.out, json.dumps(payload, indent=2) + "\n")  # temp file, then rename
-    print(f"wrote {args.out}")
-    return 0
-
+    return per_demo_candidate(
+        lambda model_dir: measure(model_dir, data.splits["train"], data.splits["validation"], args.steps, args.repeats),
+        args.out, {"task": "wordnet-lexcat", "batch_size": 16, "steps": args.steps, "rows": args.rows,
+                   "repeats": args.repeats, "threads": 1})
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -189,3 +189,85 @@ def test_scores_read_at_kept_positions_equal_scores_from_full_logits(micro_zoo, 
                for c in r["choices"]]
     assert score_choices(model, tokenizer, rows[:1])["gold_logprob"] == pytest.approx(
         options[r["label"]] - float(np.logaddexp.reduce(options)), rel=1e-4, abs=1e-4)
+
+
+def test_the_prefix_rows_share_is_found_up_to_the_first_position_read():
+    from damoc.trials.evaluate import _shared_prefix_length
+
+    shots = [5, 6, 7, 8, 9]
+    rows = [shots + [1, 2, 3], shots + [1, 4], shots + [2]]
+    assert _shared_prefix_length(rows, [7, 6, 5]) == 5
+    assert _shared_prefix_length(rows, [7, 6, 3]) == 3         # a row reads from position 3: it runs from there
+    assert _shared_prefix_length(rows[:2], [7, 6]) == 6
+    assert _shared_prefix_length([[1, 2], [3, 2]], [1, 1]) == 0
+    assert _shared_prefix_length([shots, shots], [4, 4]) == 4
+
+
+@pytest.mark.parametrize("name", ["micro-llama-deep-domain", "micro-gpt2-jargon", "micro-gemma-wide-general",
+                                  "micro-phi3-mixed", "micro-mistral-wide-code", "micro-qwen2-tiny-domain"])
+def test_few_shot_rows_run_their_shared_prefix_once_with_the_same_scores(micro_zoo, lexcat, monkeypatch, name):
+    import damoc.trials.evaluate as evaluate
+    from damoc.trials.evaluate import classification_scores, continuation_logprobs, generate_responses
+    from damoc.trials.logits import cache_argument
+
+    model, tokenizer = load(micro_zoo, name)
+    assert cache_argument(model) is not None and cache_argument(_FullLogitsOnly(model)) is None
+    # One shot: the micro zoo has 256 positions, and nothing may be cut in the first part.
+    fmt = PromptFormat(tokenizer, few_shot=lexcat.splits["train"][:1])
+    rows = lexcat.splits["test"][:11]
+    pairs = [(fmt.context_ids(r), fmt.continuation_ids(r, r["response"], final=True)) for r in rows]
+    shot_tokens = len(pairs[0][0]) - len(PromptFormat(tokenizer).context_ids(rows[0]))
+    assert max(len(c) + len(x) for c, x in pairs) <= 256 and shot_tokens >= 32
+    prefixes = []
+    real_prefix_cache = evaluate._prefix_cache
+
+    def counted(model, prefix, n):
+        cache = real_prefix_cache(model, prefix, n)
+        prefixes.append((prefix.shape[1], n, cache is not None))
+        return cache
+
+    monkeypatch.setattr(evaluate, "_prefix_cache", counted)
+    # Against one unpadded pass per row: each batch (4, 4, 3 rows) ran its shared prefix once, a
+    # prefix as long as the shot at least (less the few tokens where the shot meets the prompt).
+    want = [_reference_logprob(model, c, x) for c, x in pairs]
+    got = continuation_logprobs(model, tokenizer, pairs, batch_size=4)
+    assert [s for s, _ in got] == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert [(n, ok) for _, n, ok in prefixes] == [(4, True), (4, True), (3, True)]
+    assert all(length >= shot_tokens - 3 for length, _, _ in prefixes)
+
+    # Every score of the task, shared or each row whole.
+    shared = classification_scores(model, tokenizer, rows, fmt=fmt, batch_size=4)
+    monkeypatch.setattr(evaluate, "SHARED_PREFIX_MIN_TOKENS", 10**9)
+    calls = len(prefixes)
+    whole = classification_scores(model, tokenizer, rows, fmt=fmt, batch_size=4)
+    assert len(prefixes) == calls > 3
+    assert shared["accuracy"] == whole["accuracy"] and shared["tokens"] == whole["tokens"]
+    for key in ("eval_loss", "gold_logprob"):
+        assert shared[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+    monkeypatch.setattr(evaluate, "SHARED_PREFIX_MIN_TOKENS", 16)
+
+    # Contexts cut from the left to fit `max_length` share what is left of the shot.
+    limit = max(len(c) + len(x) for c, x in pairs) - 40
+    cut = continuation_logprobs(model, tokenizer, pairs, batch_size=5, max_length=limit)
+    want_cut = [_reference_logprob(model, (c + x)[-limit:][:len((c + x)[-limit:]) - len(x)], x) for c, x in pairs]
+    assert [s for s, _ in cut] == pytest.approx(want_cut, rel=1e-4, abs=1e-4)
+    # Generation is untouched by it (left-padded, through `generate`).
+    assert len(generate_responses(model, tokenizer, rows[:2], max_new_tokens=3, fmt=fmt)) == 2
+
+
+def test_rows_with_little_in_common_run_whole(micro_zoo, lexcat, monkeypatch):
+    import damoc.trials.evaluate as evaluate
+    from damoc.trials.evaluate import classification_scores
+
+    model, tokenizer = load(micro_zoo, "micro-llama-deep-domain")
+    calls = []
+    monkeypatch.setattr(evaluate, "_prefix_cache", lambda *a: calls.append(a) or None)
+    zero_shot = classification_scores(model, tokenizer, lexcat.splits["test"][:8])   # rows share BOS and a word
+    assert calls == [] and zero_shot["rows"] == 8
+    few_shot = PromptFormat(tokenizer, few_shot=lexcat.splits["train"][:1])
+    # A model whose cache cannot be repeated runs its batches whole, with the same scores.
+    shared = classification_scores(model, tokenizer, lexcat.splits["test"][:8], fmt=few_shot)
+    assert len(calls) >= 1
+    monkeypatch.setattr(evaluate, "SHARED_PREFIX_MIN_TOKENS", 10**9)
+    whole = classification_scores(model, tokenizer, lexcat.splits["test"][:8], fmt=few_shot)
+    assert shared["gold_logprob"] == pytest.approx(whole["gold_logprob"], rel=1e-6)

@@ -17,7 +17,7 @@ import torch
 
 from damoc.data.records import Record
 from damoc.log import progress
-from damoc.trials.logits import keeps_logits_by_mask, logits_at
+from damoc.trials.logits import cache_argument, keeps_logits_by_mask, logits_at
 from damoc.trials.prompts import PromptFormat
 
 
@@ -30,6 +30,34 @@ def _positions_limit(model, max_length: Optional[int]) -> int:
     return min(max_length or positions, positions)
 
 
+# Below this many shared leading tokens a batch runs whole: the cache's set-up costs more than the
+# few positions it saves.
+SHARED_PREFIX_MIN_TOKENS = 16
+
+
+def _shared_prefix_length(seqs: Sequence[list[int]], firsts: Sequence[int]) -> int:
+    """Leading tokens all `seqs` have in common, at most min(firsts) (the first position whose
+    logits are read must run with its row). The lexicographically smallest and largest sequences
+    share exactly the prefix all of them share, so two comparisons do."""
+    low, high = min(seqs), max(seqs)
+    n, limit = 0, min(firsts)
+    while n < limit and low[n] == high[n]:
+        n += 1
+    return n
+
+
+def _prefix_cache(model, prefix: torch.Tensor, rows: int):
+    """The KV cache of `prefix` (1 x n ids), repeated for `rows` rows; None where the model's cache
+    cannot be repeated (then the batch runs whole). Written by hand: transformers re-uses a prompt's
+    cache in `generate`, not for scoring a batch of continuations."""
+    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")  # since transformers 5.x, before
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 @torch.no_grad()
 def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int,
                  max_length: Optional[int], desc: str,
@@ -38,12 +66,15 @@ def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
     continuation's length; with `next_ids`, also log p(t | context) for each id t in next_ids[i]
     (the next-token distribution at the context's end, read from the same pass).
 
-    Logits are computed only at the positions read (damoc.trials.logits). Sequences too long for
-    the model (or `max_length`) lose tokens from the left; the continuation is always kept."""
+    Logits are computed only at the positions read (damoc.trials.logits). Leading tokens that every
+    row of a batch shares (a few-shot prefix, a chat template's system prompt) run once, and the
+    rows continue from their KV cache. Sequences too long for the model (or `max_length`) lose
+    tokens from the left; the continuation is always kept."""
     model.eval()
     device = next(model.parameters()).device
     limit = _positions_limit(model, max_length)
     by_mask = keeps_logits_by_mask(model)
+    share = cache_argument(model) is not None
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     sums: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     nexts: list[list[float]] = [[] for _ in pairs]
@@ -67,8 +98,15 @@ def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
             kept = max(n_cont, 1 if next_ids is not None else 0)
             keep[row, first:first + kept] = True
             spans.append((first, kept))
-        logprobs = torch.log_softmax(logits_at(model, input_ids.to(device), attention.to(device), keep.to(device),
-                                               by_mask=by_mask).float(), dim=-1)
+        shared = _shared_prefix_length([s for s, _ in seqs], [first for first, _ in spans]) if share else 0
+        cache = _prefix_cache(model, input_ids[:1, :shared].to(device), len(seqs)) \
+            if shared >= SHARED_PREFIX_MIN_TOKENS and len(seqs) > 1 else None
+        if cache is not None:  # the rows' own tokens only, after the cached ones they share
+            logits = logits_at(model, input_ids[:, shared:].to(device), attention.to(device),
+                               keep[:, shared:].to(device), by_mask=by_mask, cache=cache)
+        else:
+            logits = logits_at(model, input_ids.to(device), attention.to(device), keep.to(device), by_mask=by_mask)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         cursor = 0
         for row, (seq, n_cont) in enumerate(seqs):
             i = batch[row]
