@@ -47,6 +47,7 @@ class TrialOutcome:
     history: list[dict] = field(default_factory=list)
     error: Optional[str] = None
     cached: bool = False
+    restarts: int = 0                             # times Tune restarted it after its process or node was lost
 
 
 def run_name(config: RunConfig) -> str:
@@ -147,17 +148,24 @@ def _max_concurrent(config: RunConfig, per_trial_cpus: float, n: int) -> int:
     return max(1, min(n, fits))
 
 
-def _cache_callback(jobs: dict[str, TrialJob]):
-    """A driver-side Tune callback that stores each completed trial's result as it arrives."""
+def _driver_callback(jobs: dict[str, TrialJob], restarts: dict[str, int], max_restarts: int):
+    """A driver-side Tune callback that stores each completed trial's result as it arrives, and
+    counts (and logs) the restarts of trials whose process or node was lost."""
     from ray.tune import Callback
 
-    class CacheFinished(Callback):
+    class OnDriver(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             job = jobs[trial.config["candidate"]]
             if result.get("status") == "completed" and "result_json" in result and not fp.is_done(job.entry):
                 write_trial_result(job.entry, json.loads(result["result_json"]))
 
-    return CacheFinished()
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            name = trial.config["candidate"]
+            restarts[name] = restarts.get(name, 0) + 1
+            log.warning("trial %s lost its process or node; restarting it from the start (restart %d of %d)",
+                        name, restarts[name], max_restarts)
+
+    return OnDriver()
 
 
 def write_trial_result(entry: Path, result: dict) -> None:
@@ -194,6 +202,12 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
                   if "://" not in (config.cluster.storage_path or "") else config.cluster.storage_path)
     by_name = {job.name: job for job in pending}
     settings = {job.name: dict(job.settings, threads=max(1, int(cluster["cpus_per_worker"]))) for job in pending}
+    # Every Python error of a trial is caught inside it (run_trial_safely), so Tune sees a trial
+    # error only when the trial's process died: its node was lost, or the OS killed it. Tune then
+    # runs it again from the start, on any node with room. Ray Train trials restart their worker
+    # group themselves (ray.train.FailureConfig above); Tune does not restart them on top of that.
+    max_restarts = cluster["max_failures"] if cluster["workers_per_candidate"] == 0 else 0
+    restarts: dict[str, int] = {}
     trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
                                     trial_resources)
     tuner = tune.Tuner(
@@ -208,8 +222,8 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
                                     reuse_actors=config.cluster.reuse_actors and cluster["workers_per_candidate"] == 0,
                                     max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(pending))),
         run_config=tune.RunConfig(name=f"{run_name(config)}-{name}", storage_path=storage, verbose=0,
-                                  callbacks=[_cache_callback(by_name)],
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  callbacks=[_driver_callback(by_name, restarts, max_restarts)],
+                                  failure_config=tune.FailureConfig(max_failures=max_restarts)),
     )
     # Tune prints its experiment banner on stdout; stdout is for damoc's ranking table.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if quiet() else sys.stderr):
@@ -217,6 +231,7 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
     for result in grid:
         candidate = result.config["candidate"]
         outcome = _outcome(candidate, result, by_name[candidate])
+        outcome.restarts = restarts.get(candidate, 0)
         if outcome.status == "stopped_early":
             # A stopped trial is finished too: a re-run of the same selection reuses it.
             write_trial_result(by_name[candidate].entry, {**outcome.result, "trial_status": "stopped_early",
@@ -229,6 +244,9 @@ def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:
     """Completed, stopped early by the scheduler, or failed, from a Tune result."""
     frame = result.metrics_dataframe
     rows = [] if frame is None else frame.to_dict("records")
+    # Every attempt of a trial starts by reporting its baselines: keep the last attempt's rows
+    # (a restarted trial reports its steps again from the first).
+    rows = rows[max((i for i, row in enumerate(rows) if row.get("status") == "baselines"), default=0):]
     history = [{k: _plain(v) for k, v in row.items() if k in HISTORY_KEYS and not _nan(v)} for row in rows
                if row.get("status") == "running"]
     last = result.metrics or (rows[-1] if rows else {})

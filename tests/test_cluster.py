@@ -275,50 +275,89 @@ def test_bad_input_is_refused_before_anything_is_submitted(cluster, micro_zoo_ca
 
 
 # ------------------------------------------------------------------------------ faults
-def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluster, micro_zoo_cache, tmp_path, cli):
-    """Kill the second node while it runs a trial (after another trial has finished): the job
-    still succeeds, the lost trial is reported failed, and submitting again retrains only it."""
-    cache = fresh_cache(tmp_path, micro_zoo_cache)
-    # A fresh actor process per trial (no reuse), so that a trial's process on the worker tells
-    # that a trial is running there.
-    common = [CONFIG, "--address", cluster.address, THREE, "ranking.early_stopping.scheduler=none",
-              "cluster.max_concurrent_trials=2", "cluster.reuse_actors=false"]
-    code, stdout, err = cli("submit", *common, *overrides(tmp_path / "first", cache))
-    assert code == 0, err
-    job_id = stdout.splitlines()[0]
+# A fresh actor process per trial (no reuse), so that a trial's process on the worker tells that a
+# trial is running there.
+LOST_NODE = [THREE, "ranking.early_stopping.scheduler=none", "cluster.max_concurrent_trials=2",
+             "cluster.reuse_actors=false"]
+
+
+def _kill_the_worker_during_a_trial(cluster, cache: Path, job_id: str) -> str:
+    """Wait until a trial runs on the second node, after another trial has finished, and kill the
+    node. Returns its node id."""
     worker = next(n for n in cluster.nodes if not n.head and n.alive)
     worker_id = next(n["node_id"] for n in cluster.alive_nodes() if not n["is_head_node"])
     info = sub.connect(cluster.address)
     client = sub.job_client(info)
+    # Each node has one CPU, so its trials run one after another, each in its own actor process.
+    # A trial is running on the worker when more trial processes have been seen there than
+    # trials the worker has finished (a finished trial's process can outlive its result).
+    deadline = time.monotonic() + 240
+    seen_on_worker: set[int] = set()
+    while True:
+        running = [p for p in cluster.node_processes(worker) if "ray::ImplicitFunc" in " ".join(_cmdline(p))]
+        seen_on_worker.update(p.pid for p in running)
+        finished = [json.loads(f.read_text()) for f in (cache / "trial").glob("*/stage.json")] \
+            if (cache / "trial").is_dir() else []
+        done_on_worker = sum(r.get("node_id") == worker_id for r in finished)
+        if finished and running and len(seen_on_worker) > done_on_worker:
+            break
+        status = str(sub.job_info(client, info, job_id).status)
+        assert status not in sub.TERMINAL, f"job ended ({status}) before the node could be killed"
+        assert time.monotonic() < deadline, "no trial finished with another running on the second node"
+        time.sleep(0.5)
+    cluster.kill_node(worker)
+    return worker_id
+
+
+def _submit_and_lose_the_worker(cluster, cache: Path, cli, out: Path, *extra: str) -> tuple[str, str, dict]:
+    """Submit the three-candidate selection, kill the second node during a trial, wait for the job
+    to succeed. Returns the job id, the lost node's id and the report's candidates by name."""
+    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, *LOST_NODE, *extra, *overrides(out, cache))
+    assert code == 0, err
+    job_id = stdout.splitlines()[0]
+    worker_id = _kill_the_worker_during_a_trial(cluster, cache, job_id)
+    info = sub.connect(cluster.address)
+    job = sub.wait(sub.job_client(info), info, job_id, timeout=float(JOB_TIMEOUT))
+    assert str(job.status) == "SUCCEEDED", job.message
+    return job_id, worker_id, {c["name"]: c for c in json.loads((out / "report.json").read_text())["candidates"]}
+
+
+def test_a_trial_lost_with_its_node_runs_again_on_the_other(cluster, micro_zoo_cache, tmp_path, cli):
+    """Kill the second node while it runs a trial (after another trial has finished): with the
+    default cluster.max_failures (1), Tune runs that trial again from the start on the head, and
+    the selection completes with all three, the report counting the restart."""
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    head_id = next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
     try:
-        # Each node has one CPU, so its trials run one after another, each in its own actor process.
-        # A trial is running on the worker when more trial processes have been seen there than
-        # trials the worker has finished (a finished trial's process can outlive its result).
-        deadline = time.monotonic() + 240
-        seen_on_worker: set[int] = set()
-        while True:
-            running = [p for p in cluster.node_processes(worker) if "ray::ImplicitFunc" in " ".join(_cmdline(p))]
-            seen_on_worker.update(p.pid for p in running)
-            finished = [json.loads(f.read_text()) for f in (cache / "trial").glob("*/stage.json")] \
-                if (cache / "trial").is_dir() else []
-            done_on_worker = sum(r.get("node_id") == worker_id for r in finished)
-            if finished and running and len(seen_on_worker) > done_on_worker:
-                break
-            status = str(sub.job_info(client, info, job_id).status)
-            assert status not in sub.TERMINAL, f"job ended ({status}) before the node could be killed"
-            assert time.monotonic() < deadline, "no trial finished with another running on the second node"
-            time.sleep(0.5)
-        cluster.kill_node(worker)
-        job = sub.wait(client, info, job_id, timeout=float(JOB_TIMEOUT))
-        assert str(job.status) == "SUCCEEDED", job.message
-        first = {c["name"]: c for c in json.loads((tmp_path / "first" / "report.json").read_text())["candidates"]}
+        job_id, worker_id, report = _submit_and_lose_the_worker(cluster, cache, cli, tmp_path / "out")
+        assert all(c["status"] == "ok" for c in report.values()), report
+        restarted = [c for c in report.values() if c["restarts"]]
+        assert len(restarted) == 1 and restarted[0]["restarts"] == 1, report
+        assert restarted[0]["node_id"] == head_id != worker_id      # its second run, on the node left
+        steps = [row["step"] for row in restarted[0]["history"]]
+        assert steps and steps == sorted(set(steps)) and steps[-1] == restarted[0]["steps"]  # one run's history
+        info = sub.connect(cluster.address)
+        logs = sub.job_client(info).get_job_logs(job_id)
+        assert f"trial {restarted[0]['name']} lost its process or node; restarting it from the start (restart 1 of 1)" in logs
+    finally:
+        if not any(n.alive for n in cluster.nodes if not n.head):
+            cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
+
+
+def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluster, micro_zoo_cache, tmp_path, cli):
+    """With cluster.max_failures=0, kill the second node while it runs a trial: the job still
+    succeeds, the lost trial is reported failed, and submitting again retrains only it."""
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    try:
+        _, worker_id, first = _submit_and_lose_the_worker(cluster, cache, cli, tmp_path / "first", "cluster.max_failures=0")
         failed = [c for c in first.values() if c["status"] == "failed"]
         assert len(failed) == 1 and failed[0]["error"] and failed[0]["node_id"] in (worker_id, None), first
         assert sum(c["status"] == "ok" for c in first.values()) == 2
+        assert all(c["restarts"] == 0 for c in first.values())
 
         # Submitted again (now a one-node cluster): the finished trials come from the cache.
-        code, stdout, err = cli("submit", *common, "--follow", "--timeout", JOB_TIMEOUT,
-                                *overrides(tmp_path / "again", cache))
+        code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, *LOST_NODE, "cluster.max_failures=0",
+                                "--follow", "--timeout", JOB_TIMEOUT, *overrides(tmp_path / "again", cache))
         assert code == 0 and "status: SUCCEEDED" in stdout and "winner:" in stdout, err + stdout
         again = {c["name"]: c for c in json.loads((tmp_path / "again" / "report.json").read_text())["candidates"]}
         for name, before in first.items():
@@ -327,7 +366,7 @@ def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluste
             else:
                 assert again[name]["cached"] is False and again[name]["status"] == "ok", again[name]
     finally:
-        if not worker.alive:
+        if not any(n.alive for n in cluster.nodes if not n.head):
             cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
 
 

@@ -271,3 +271,28 @@ def test_rows_with_little_in_common_run_whole(micro_zoo, lexcat, monkeypatch):
     monkeypatch.setattr(evaluate, "SHARED_PREFIX_MIN_TOKENS", 10**9)
     whole = classification_scores(model, tokenizer, lexcat.splits["test"][:8], fmt=few_shot)
     assert shared["gold_logprob"] == pytest.approx(whole["gold_logprob"], rel=1e-6)
+
+
+def test_a_restarted_trial_keeps_the_history_of_its_last_run(tmp_path):
+    """Tune restarts a trial lost with its node from the start: its results hold both runs; the
+    outcome keeps the last run's rows (each run begins with its baselines row)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from damoc.orchestrate import TrialJob, _outcome
+
+    def row(step, status="running", loss=None):
+        return {"step": step, "budget": step, "status": status, "val_eval_loss": loss if loss is not None else 1e9,
+                "info_json": '{"params": 7}' if status == "baselines" else float("nan")}
+
+    first = [row(0, "baselines"), row(10, loss=2.0), row(20, loss=1.5)]            # the node was lost here
+    second = [row(0, "baselines"), row(10, loss=2.1), row(20, loss=1.6), row(40, loss=1.2)]
+    job = TrialJob("c", {}, tmp_path / "never-written")
+    result = SimpleNamespace(metrics_dataframe=pd.DataFrame(first + second), metrics=second[-1], error=None)
+    outcome = _outcome("c", result, job)
+    assert outcome.status == "stopped_early" and outcome.result["params"] == 7
+    assert [(h["step"], h["val_eval_loss"]) for h in outcome.history] == [(10, 2.1), (20, 1.6), (40, 1.2)]
+    # One run only: unchanged.
+    result = SimpleNamespace(metrics_dataframe=pd.DataFrame(first), metrics=first[-1], error=None)
+    assert [h["step"] for h in _outcome("c", result, job).history] == [10, 20]

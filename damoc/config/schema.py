@@ -251,7 +251,7 @@ class ClusterConfig(Section):
     storage_path: Optional[str] = Field(None, description="Ray storage for trial results: a local dir, or shared storage (s3://, gs://, NFS) on multi-node clusters.")
     shared_storage: bool = Field(False, description="Assert that every node mounts output.cache_dir and a local storage_path at the same path (NFS, a shared volume, one machine). `damoc submit` refuses a multi-node cluster without it: trials read the compressed data and candidate checkpoints from the stage cache.")
     reuse_actors: bool = Field(True, description="Run the next trial in a finished trial's Ray actor (Tune's `reuse_actors`): saves each trial's process start and torch/transformers imports (about a third of a micro selection's wall time on 2 cores). Only for in-process trials (workers_per_candidate=0): with Ray Train workers a stopped trial's workers are freed only when its actor ends. Off: a fresh process per trial.")
-    max_failures: int = Field(1, ge=0, description="Restarts of a trial's Ray Train worker group after a worker died (workers_per_candidate >= 1). An in-process trial (workers_per_candidate=0) lost with its node is reported failed; the next run of the same selection retrains only it.")
+    max_failures: int = Field(1, ge=0, description="Restarts of a trial whose process or node was lost: an in-process trial (workers_per_candidate=0) runs again from the start on any node with room; a Ray Train trial (workers_per_candidate >= 1) restarts its worker group. Past the limit the trial is reported failed, and the next run of the same selection retrains only it.")
 
 
 class OutputConfig(Section):

@@ -87,6 +87,7 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
             "workers": result.get("workers"), "engine": result.get("engine"), "deepspeed_stage": result.get("deepspeed"),
             "wall_s": result.get("wall_s") or ({"total": round(result["elapsed_s"], 2)} if "elapsed_s" in result else None),
             "cached": outcome.cached,
+            "restarts": outcome.restarts,  # after its process or node was lost (cluster.max_failures)
             "node_id": result.get("node_id"),  # the Ray node the trial ran on (the first run's, when cached)
             "worker_nodes": result.get("worker_nodes"),  # each Ray Train worker's node, in rank order
             "curve_predicted_loss": (curves or {}).get("predicted", {}).get(name),
