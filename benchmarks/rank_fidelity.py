@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The candidates come first and off the clock: building the demo zoo (cached for every later
     # run, and the same zoo `make demo` builds) is not part of what the benchmark compares.
-    zoo_seconds = prepare_candidates(profile, tasks, work, cache)
+    zoo_seconds, weights = prepare_candidates(profile, tasks, work, cache)
     started = time.perf_counter()
     commit = git_commit()
     results, truths, configs, task_seconds = [], {}, {}, {}
@@ -479,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         "ground_truth": truths,
     }
     # Each task's own wall time, so a task merged into another run's file keeps what it cost.
-    payload["task_runs"] = {task: {"commit": commit, "seconds": task_seconds[task]} for task in tasks}
+    # Which weights each task compared: a zoo rebuilt on another CPU is not the same zoo.
+    payload["task_runs"] = {task: {"commit": commit, "seconds": task_seconds[task],
+                                   "candidate_weights_sha256": {m: weights[m] for m in configs[task]["candidates"] if m in weights}}
+                            for task in tasks}
     if args.merge and out.is_file():
         payload = merge_tasks(json.loads(out.read_text()), payload)
     if tried is not None:    # rows beside the published run, not a new one: no plots, no README
@@ -493,15 +496,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def prepare_candidates(profile: dict, tasks: list[str], work: Path, cache: Path | None) -> float:
-    """Resolve (building on first use) every candidate the runs will load; seconds it took."""
+def prepare_candidates(profile: dict, tasks: list[str], work: Path, cache: Path | None) -> tuple[float, dict[str, str]]:
+    """Resolve (building on first use) every candidate the runs will load. Returns the seconds it
+    took and each candidate's weights digest (sha256 of model.safetensors), by candidate."""
+    from damoc import fingerprint as fp
     from damoc.models.load import resolve_model_path
 
     started = time.perf_counter()
+    weights = {}
     for task in tasks:
         for model in base_config(profile, task, work, cache)["candidates"]:
-            resolve_model_path(model, cache_root=cache)
-    return round(time.perf_counter() - started, 1)
+            path = Path(resolve_model_path(model, cache_root=cache))
+            if (path / "model.safetensors").is_file():
+                weights[model] = fp.file_digest(path / "model.safetensors")
+    return round(time.perf_counter() - started, 1), weights
 
 
 def merge_tasks(before: dict, now: dict) -> dict:

@@ -34,6 +34,11 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
     assert set(runs) == {"wordnet-lexcat", "wordnet-defgen"}
     assert {r["commit"] for r in runs.values()} == {payload["commit"]}
     assert all(r["seconds"] > 0 for r in runs.values())
+    # ... and the weights it compared, by candidate: the micro zoo's own digests.
+    zoo = {f"zoo:micro/{c['name']}": c["weights_sha256"]
+           for c in json.loads((micro_zoo / "zoo.json").read_text())["candidates"]}
+    for run in runs.values():
+        assert run["candidate_weights_sha256"] and all(zoo[m] == d for m, d in run["candidate_weights_sha256"].items())
     assert sum(r["seconds"] for r in runs.values()) <= payload["seconds"] + 1
 
     for task in ("wordnet-lexcat", "wordnet-defgen"):

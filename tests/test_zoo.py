@@ -71,6 +71,32 @@ def test_rebuild_uses_the_cache_and_retrains_nothing(micro_zoo, micro_zoo_cache,
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_a_second_build_on_the_same_machine_repeats_the_weights_bit_for_bit(micro_zoo, tmp_path):
+    """Tokenizer, token streams and pretraining again from nothing (a fresh cache, in this
+    process rather than a Ray task): the same bytes as the micro zoo's, and the manifest records
+    their digest. (Other CPUs round differently: the digest tells whether two zoos are the same.)"""
+    from damoc import fingerprint as fp
+    from damoc.zoo.pretrain import pretrain
+
+    spec = MICRO[0]
+    settings = ZOO_SIZES["micro"]
+    names = sorted({n for s in MICRO for n in s.corpus_mix})   # the tokenizer is trained on every corpus
+    threads = torch.get_num_threads()
+    try:
+        tokenizer_key, tokenizer_dir = zoo_build._tokenizer(tmp_path / "cache", settings, names)
+        streams = zoo_build._streams(tmp_path / "cache", tokenizer_key, tokenizer_dir, names)
+        pretrain(spec, tokenizer_dir, {n: streams[n] for n in spec.corpus_mix}, tmp_path / "again", max_positions=settings["max_positions"], threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    built = micro_zoo / spec.name
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (built / "tokenizer.json").read_bytes()
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    manifest = json.loads((micro_zoo / "zoo.json").read_text())
+    entry = next(c for c in manifest["candidates"] if c["name"] == spec.name)
+    assert entry["weights_sha256"] == fp.file_digest(tmp_path / "again" / "model.safetensors")
+    assert len({c["weights_sha256"] for c in manifest["candidates"]}) == len(MICRO)
+
+
 def test_refuses_to_overwrite_a_directory_that_is_not_a_zoo(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
