@@ -98,6 +98,8 @@ def _trial(params: dict, jobs: dict, cluster: dict, storage: str) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from damoc.trials.trial import failure_metrics
+
     settings = dict(jobs[params["candidate"]], local_mode=cluster["workers_per_candidate"] == 0)
     workers = cluster["workers_per_candidate"]
     use_gpu = cluster["gpus_per_worker"] > 0
@@ -117,7 +119,16 @@ def _trial(params: dict, jobs: dict, cluster: dict, storage: str) -> None:
             failure_config=ray.train.FailureConfig(max_failures=cluster["max_failures"],
                                                    controller_failure_limit=max(3, cluster["max_failures"]))),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        # Train has used its own restarts of the worker group (or its controller gave up): the
+        # trial is failed. Reported as a result, so that Tune restarts only trials whose own
+        # process died (the controller is placed on that process's node and dies with it).
+        first = next((line for line in str(e).splitlines() if line.strip() and not line.startswith("Training failed")), "")
+        message = f"{type(e).__name__}: {first.strip()}".strip()
+        log.error("trial %s: Ray Train gave up: %s", params["candidate"], message)
+        tune.report(failure_metrics(message))
 
 
 def _scheduler(config: RunConfig, use_scheduler: bool):
@@ -202,11 +213,12 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
                   if "://" not in (config.cluster.storage_path or "") else config.cluster.storage_path)
     by_name = {job.name: job for job in pending}
     settings = {job.name: dict(job.settings, threads=max(1, int(cluster["cpus_per_worker"]))) for job in pending}
-    # Every Python error of a trial is caught inside it (run_trial_safely), so Tune sees a trial
-    # error only when the trial's process died: its node was lost, or the OS killed it. Tune then
-    # runs it again from the start, on any node with room. Ray Train trials restart their worker
-    # group themselves (ray.train.FailureConfig above); Tune does not restart them on top of that.
-    max_restarts = cluster["max_failures"] if cluster["workers_per_candidate"] == 0 else 0
+    # Every Python error of a trial is caught inside it (run_trial_safely; a Ray Train failure in
+    # _trial), so Tune sees a trial error only when the trial's process died: its node was lost,
+    # or the OS killed it. Tune then runs it again from the start, on any node with room. For a
+    # Ray Train trial that process holds the Train controller; the loss of a worker alone is
+    # Train's to handle (ray.train.FailureConfig above), so the two never restart the same loss.
+    max_restarts = cluster["max_failures"]
     restarts: dict[str, int] = {}
     trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
                                     trial_resources)

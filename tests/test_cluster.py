@@ -170,6 +170,42 @@ def test_submit_takes_options_between_config_and_overrides():
         ("c.yaml", ["a.b=1", "c=2"], "http://h:8265", True, ["x==1", "y"])
 
 
+def test_a_ray_train_failure_is_the_trials_result_not_a_lost_process(monkeypatch):
+    """When Ray Train gives up on a trial (its worker group failed past Train's own restarts),
+    the trial reports a failure instead of raising: Tune, which restarts trials whose process
+    died, must not restart a loss Train has already retried."""
+    import ray.train
+    import ray.train.torch
+    import ray.tune.integration.ray_train as ray_train_integration
+    from ray import tune
+
+    from damoc import orchestrate
+    from damoc.trials.trial import FAILED_LOSS
+
+    class FailingTrainer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            raise ray.train.WorkerGroupError("rank 0 died: ActorDiedError", {0: RuntimeError("ActorDiedError")})
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    reports = []
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", FailingTrainer)
+    monkeypatch.setattr(ray_train_integration, "TuneReportCallback", ray.train.UserCallback)   # the real one needs a Tune session
+    monkeypatch.setattr(tune, "get_context", lambda: Context())
+    monkeypatch.setattr(tune, "report", reports.append)
+    cluster = {"workers_per_candidate": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "placement_strategy": "PACK",
+               "max_failures": 1}
+    orchestrate._trial({"candidate": "a"}, {"a": {}}, cluster, "/nowhere")
+    [report] = reports
+    assert report["status"] == "failed" and report["error"] == "WorkerGroupError: rank 0 died: ActorDiedError"
+    assert report["halving_loss"] == FAILED_LOSS    # last for the scheduler
+
+
 # ------------------------------------------------------------------------------ the happy path
 def test_submit_spreads_trials_over_both_nodes(cluster, finished_job):
     code, stdout, err, out = (finished_job[k] for k in ("code", "stdout", "err", "out"))
@@ -368,6 +404,49 @@ def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluste
     finally:
         if not any(n.alive for n in cluster.nodes if not n.head):
             cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
+
+
+def test_a_train_trial_whose_controller_process_dies_runs_again(cluster, micro_zoo_cache, tmp_path, cli):
+    """A Ray Train trial (one worker): kill its Tune trial process, which holds the Train
+    controller, once its worker runs. Tune runs the trial again from the start (the controller,
+    its worker and their placement group went with the process), and both candidates finish."""
+    import signal
+
+    cache = fresh_cache(tmp_path, micro_zoo_cache)
+    out = tmp_path / "out"
+    started = time.time()
+    code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, TWO, "ranking.early_stopping.scheduler=none",
+                            "cluster.workers_per_candidate=1", "cluster.cpus_per_worker=0.5",
+                            "cluster.max_concurrent_trials=1", *overrides(out, cache))
+    assert code == 0, err
+    job_id = stdout.splitlines()[0]
+    info = sub.connect(cluster.address)
+    client = sub.job_client(info)
+
+    def processes(title: str) -> list:
+        return [p for node in cluster.nodes if node.alive for p in cluster.node_processes(node)
+                if title in " ".join(_cmdline(p)) and p.create_time() >= started - 1]
+
+    # One trial at a time: while the first trial's Train worker runs, its trial process is the
+    # only trial process of this job.
+    deadline = time.monotonic() + 240
+    while not (processes("ray::RayTrainWorker") and processes("ray::ImplicitFunc")):
+        assert str(sub.job_info(client, info, job_id).status) not in sub.TERMINAL, "job ended before a trial ran"
+        assert time.monotonic() < deadline, "no Ray Train worker started"
+        time.sleep(0.5)
+    [trial_process] = processes("ray::ImplicitFunc")
+    trial_process.send_signal(signal.SIGKILL)
+
+    job = sub.wait(client, info, job_id, timeout=float(JOB_TIMEOUT))
+    assert str(job.status) == "SUCCEEDED", job.message
+    report = {c["name"]: c for c in json.loads((out / "report.json").read_text())["candidates"]}
+    assert all(c["status"] == "ok" for c in report.values()), report
+    restarted = [c for c in report.values() if c["restarts"]]
+    assert len(restarted) == 1 and restarted[0]["restarts"] == 1, report
+    steps = [row["step"] for row in restarted[0]["history"]]
+    assert steps and steps == sorted(set(steps)) and steps[-1] == restarted[0]["steps"]   # one run's history
+    logs = client.get_job_logs(job_id)
+    assert f"trial {restarted[0]['name']} lost its process or node; restarting it from the start (restart 1 of 1)" in logs
 
 
 def _cmdline(proc) -> list[str]:
