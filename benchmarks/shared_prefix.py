@@ -1,6 +1,6 @@
 """What running a batch's shared prompt prefix once saves (damoc.trials.evaluate).
 
-    python benchmarks/shared_prefix.py               # demo zoo, both bundled tasks (~10 min on 2 cores)
+    python benchmarks/shared_prefix.py               # demo zoo, both bundled tasks (~15 min on 2 cores)
 
 Few-shot rows all start with the same examples (3 by default: ~210 of a lexcat row's ~280 tokens).
 Scoring runs those tokens once per batch and each row continues from their KV cache. Per demo-zoo
@@ -8,7 +8,10 @@ candidate, one thread, in one process, the two ways alternated so that the machi
 both alike (median of `--repeats`): the few-shot baseline's scores of `--rows` test rows, as a
 trial computes them (`evaluate_records` without generation: classification scores on
 wordnet-lexcat, the response loss on wordnet-defgen), with the prefix shared and with every row
-run whole. Also records the largest difference between the two ways' scores.
+run whole. Also records the largest difference between the two ways' scores. On wordnet-defgen
+it also times the greedy generation of the same rows' answers (48 new tokens at most, batches of
+16, as `generate_responses` runs them for ROUGE-L and BERTScore) both ways, and counts the rows
+whose answers differ.
 Writes benchmarks/results/shared_prefix.json.
 """
 
@@ -27,6 +30,26 @@ from common import ROOT, per_demo_candidate  # noqa: E402
 TASKS = {"wordnet-lexcat": "classification", "wordnet-defgen": "generation"}
 
 
+def both_ways(run, repeats: int) -> tuple[dict[str, float], dict]:
+    """`run()` with the prefix shared and with every row whole, alternated `repeats` times so that
+    the machine's drift hits both alike. Returns each way's median seconds and last output."""
+    import damoc.trials.evaluate as evaluate
+
+    threshold = evaluate.SHARED_PREFIX_MIN_TOKENS
+    times: dict[str, list[float]] = {"whole": [], "shared": []}
+    outputs = {}
+    try:
+        for _ in range(repeats):
+            for way in ("whole", "shared"):
+                evaluate.SHARED_PREFIX_MIN_TOKENS = 10**9 if way == "whole" else threshold
+                started = time.perf_counter()
+                outputs[way] = run()
+                times[way].append(time.perf_counter() - started)
+    finally:
+        evaluate.SHARED_PREFIX_MIN_TOKENS = threshold
+    return {way: statistics.median(t) for way, t in times.items()}, outputs
+
+
 def measure(model_dir: Path, splits: dict, shots: int, repeats: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,29 +58,26 @@ def measure(model_dir: Path, splits: dict, shots: int, repeats: int) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    threshold = evaluate.SHARED_PREFIX_MIN_TOKENS
     row: dict = {"params": sum(p.numel() for p in model.parameters())}
     for task, task_type in TASKS.items():
         train, test = splits[task]
         fmt = PromptFormat(tokenizer, few_shot=train[:shots])
         zero = PromptFormat(tokenizer)
-        times: dict[str, list[float]] = {"whole": [], "shared": []}
-        scores = {}
-        for _ in range(repeats):
-            for way in ("whole", "shared"):
-                evaluate.SHARED_PREFIX_MIN_TOKENS = 10**9 if way == "whole" else threshold
-                started = time.perf_counter()
-                scores[way] = evaluate.evaluate_records(model, tokenizer, test, task_type, fmt=fmt, generate=False,
-                                                        max_length=512)
-                times[way].append(time.perf_counter() - started)
-        evaluate.SHARED_PREFIX_MIN_TOKENS = threshold
-        whole, shared = statistics.median(times["whole"]), statistics.median(times["shared"])
+        seconds, scores = both_ways(lambda: evaluate.evaluate_records(model, tokenizer, test, task_type, fmt=fmt,
+                                                                      generate=False, max_length=512), repeats)
         row[task] = {"context_tokens": round(statistics.mean(len(fmt.context_ids(r)) for r in test), 1),
                      "zero_shot_context_tokens": round(statistics.mean(len(zero.context_ids(r)) for r in test), 1),
-                     "score_s_whole": round(whole, 2), "score_s_shared": round(shared, 2),
-                     "speedup": round(whole / shared, 2),
+                     "score_s_whole": round(seconds["whole"], 2), "score_s_shared": round(seconds["shared"], 2),
+                     "speedup": round(seconds["whole"] / seconds["shared"], 2),
                      "max_abs_score_difference": max(abs(scores["whole"][k] - scores["shared"][k])
                                                      for k in scores["whole"] if k not in ("rows", "perplexity"))}
+        if task_type == "generation":
+            # Greedy answers of the few-shot baseline, as a trial generates them for ROUGE-L and BERTScore.
+            seconds, answers = both_ways(lambda: evaluate.generate_responses(model, tokenizer, test, fmt=fmt), repeats)
+            row[task].update({"generate_s_whole": round(seconds["whole"], 2),
+                              "generate_s_shared": round(seconds["shared"], 2),
+                              "generate_speedup": round(seconds["whole"] / seconds["shared"], 2),
+                              "generated_rows_differing": sum(a != b for a, b in zip(answers["whole"], answers["shared"]))})
     return row
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import numpy as np
@@ -251,8 +253,43 @@ def test_few_shot_rows_run_their_shared_prefix_once_with_the_same_scores(micro_z
     cut = continuation_logprobs(model, tokenizer, pairs, batch_size=5, max_length=limit)
     want_cut = [_reference_logprob(model, (c + x)[-limit:][:len((c + x)[-limit:]) - len(x)], x) for c, x in pairs]
     assert [s for s, _ in cut] == pytest.approx(want_cut, rel=1e-4, abs=1e-4)
-    # Generation is untouched by it (left-padded, through `generate`).
-    assert len(generate_responses(model, tokenizer, rows[:2], max_new_tokens=3, fmt=fmt)) == 2
+    # Generation too: each batch (4, 4, 3 rows) starts from its shared prefix's cache, padded
+    # between the prefix and each row's own tokens, and gives each row's unpadded greedy tokens.
+    decoded, forwards, prefills = [], [], []   # each row's generated ids up to its first EOS; last-position logits
+    real_decode, real_forward = tokenizer.decode, model.forward
+
+    def recorded(ids, **kwargs):
+        decoded.append(ids[:ids.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in ids else ids)
+        return real_decode(ids, **kwargs)
+
+    @functools.wraps(real_forward)               # the same signature: cache_argument reads it
+    def spied(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        forwards.append(out.logits[:, -1].detach().clone())
+        return out
+
+    def prefix_then_prefill(model, prefix, n):
+        cache = counted(model, prefix, n)
+        prefills.append(len(forwards))          # the next forward is the batch's prefill, from the cache
+        return cache
+
+    monkeypatch.setattr(tokenizer, "decode", recorded)
+    monkeypatch.setattr(model, "forward", spied)
+    monkeypatch.setattr(evaluate, "_prefix_cache", prefix_then_prefill)
+    prefixes.clear()
+    generate_responses(model, tokenizer, rows, max_new_tokens=8, batch_size=4, fmt=fmt)
+    assert [(n, ok) for _, n, ok in prefixes] == [(4, True), (4, True), (3, True)]
+    batched, first_logits, decoded[:] = list(decoded), torch.cat([forwards[i] for i in prefills]), []
+    alone_logits = []
+    for r in rows:
+        forwards.clear()
+        generate_responses(model, tokenizer, [r], max_new_tokens=8, fmt=fmt)
+        alone_logits.append(forwards[0][0])
+    assert len(prefixes) == 3                    # one row a batch: nothing shared
+    # The first generated token's distribution, and the greedy tokens (some micro models answer
+    # these prompts with EOS at once; then only the first token is compared).
+    torch.testing.assert_close(first_logits, torch.stack(alone_logits), rtol=1e-4, atol=1e-4)
+    assert batched == decoded and all(batched)
 
 
 def test_rows_with_little_in_common_run_whole(micro_zoo, lexcat, monkeypatch):

@@ -233,25 +233,41 @@ def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_
 def generate_responses(model, tokenizer, records: Sequence[Record], *, max_new_tokens: int = 48,
                        batch_size: int = 16, stop_at_newline: bool = True,
                        fmt: Optional[PromptFormat] = None) -> list[str]:
-    """Greedy continuations of each prompt (left-padded batches), cut at EOS or a newline."""
+    """Greedy continuations of each prompt (left-padded batches), cut at EOS or a newline.
+
+    Leading tokens that every prompt of a batch shares (a few-shot prefix, a chat template's system
+    prompt) run once: each row is laid out as the shared tokens, its padding, then its own tokens,
+    and generation starts from the shared tokens' KV cache (positions follow the attention mask,
+    so each row's tokens sit where they would without the padding)."""
     fmt = _format(tokenizer, fmt)
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    share = cache_argument(model)
     outputs: list[str] = []
     positions = getattr(model.config, "max_position_embeddings", None) or 2048
     for start in progress(range(0, len(records), batch_size), desc="generating", unit="batch"):
         # Keep the prompt's end when it would not leave room for the answer.
         contexts = [fmt.context_ids(r)[-(positions - max_new_tokens):] for r in records[start:start + batch_size]]
+        # Every row keeps at least its last token to run: generation starts from its logits.
+        shared = _shared_prefix_length(contexts, [len(c) - 1 for c in contexts]) if share else 0
+        if shared < SHARED_PREFIX_MIN_TOKENS or len(contexts) < 2:
+            shared = 0
         width = max(len(c) for c in contexts)
         input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         for row, ctx in enumerate(contexts):
-            input_ids[row, width - len(ctx):] = torch.tensor(ctx)
-            attention[row, width - len(ctx):] = 1
+            input_ids[row, :shared] = torch.tensor(ctx[:shared], dtype=torch.long)
+            input_ids[row, width - len(ctx) + shared:] = torch.tensor(ctx[shared:], dtype=torch.long)
+            attention[row, :shared] = 1
+            attention[row, width - len(ctx) + shared:] = 1
+        cached = {}
+        if shared:
+            cache = _prefix_cache(model, input_ids[:1, :shared].to(device), len(contexts))
+            cached = {share: cache} if cache is not None else {}
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                   eos_token_id=tokenizer.eos_token_id)
+                                   eos_token_id=tokenizer.eos_token_id, **cached)
         for row in generated[:, width:].tolist():
             text = tokenizer.decode(row, skip_special_tokens=True)
             if stop_at_newline:
