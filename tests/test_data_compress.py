@@ -292,7 +292,7 @@ def test_tokens_in_and_out_use_the_scorer_tokenizer_for_every_method(micro_zoo, 
         assert stats["tokens_in"] == expected_in and stats["tokens_out"] == sum(
             len(tokenizer(r[f], add_special_tokens=False)["input_ids"]) for r in kept for f in ("prompt", "response"))
 
-    def missing():
+    def missing(*args):
         raise ConfigError("data_compression.scorer_model is not set and the default scorer SmolLM2-135M-Instruct is not installed")
 
     monkeypatch.setattr(lm_module, "_smollm2_tokenizer", missing)
@@ -355,6 +355,41 @@ def test_classification_labels_survive_token_compression(micro_zoo, lexcat, scor
         assert row["response"] == source["response"] and row["choices"] == source["choices"] and row["label"] == source["label"]
         assert len(row["prompt"]) < len(source["prompt"])
     assert stats["tokens"]["label_text_kept"] is True
+
+
+def test_candidates_with_the_same_tokenizer_are_counted_once(micro_zoo, tmp_path, monkeypatch):
+    """Two micro candidates load the zoo's tokenizer as the same fast tokenizer: its tokens are
+    counted once and both get the counts. The qwen2 candidate loads it as Qwen2Tokenizer (its own
+    pre-tokenizer), and a copy with one more token is another tokenizer: each is counted on its
+    own. A missing tokenizer is an error row."""
+    from transformers import AutoTokenizer
+
+    import damoc.data.compress as compress
+    from damoc.data import load_data
+
+    data = load_data(DataConfig.model_validate({"source": "bundled:wordnet-lexcat", "max_rows": {"train": 40}}))
+    train = data.splits["train"]
+    final = train[:10]
+    changed = AutoTokenizer.from_pretrained(micro_zoo / "micro-gpt2-jargon")
+    assert changed.add_tokens(["Definition:"]) == 1
+    changed.save_pretrained(tmp_path / "changed")
+    counted = []
+    real = compress._field_tokens
+    monkeypatch.setattr(compress, "_field_tokens", lambda tok, stages: counted.append(type(tok).__name__) or real(tok, stages))
+    paths = {"gpt2": micro_zoo / "micro-gpt2-jargon", "llama": micro_zoo / "micro-llama-deep-domain",
+             "qwen2": micro_zoo / "micro-qwen2-tiny-domain", "changed": tmp_path / "changed", "gone": tmp_path / "gone"}
+    counts = compress.token_counts(train, final, {k: str(v) for k, v in paths.items()})
+    assert len(counted) == 3 and counted[1] == "Qwen2Tokenizer"   # gpt2 and llama's once, qwen2's, the changed one
+    assert counts["gpt2"] == counts["llama"] and counts["gpt2"] is not counts["llama"]
+    for name in ("gpt2", "qwen2", "changed"):
+        own = AutoTokenizer.from_pretrained(paths[name])
+        prompts = sum(len(own(r["prompt"], add_special_tokens=False)["input_ids"]) for r in train)
+        responses = sum(len(own(r["response"], add_special_tokens=False)["input_ids"]) for r in final)
+        assert counts[name]["fields"]["prompt"]["tokens_in"] == prompts
+        assert counts[name]["fields"]["response"]["tokens_out"] == responses
+    # "Definition:" is one token to the changed tokenizer: its prompts are shorter.
+    assert counts["changed"]["tokens_in"] < counts["gpt2"]["tokens_in"]
+    assert set(counts["gone"]) == {"error"}
 
 
 # ---------------------------------------------------------------------------- CLI

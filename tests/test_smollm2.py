@@ -187,3 +187,31 @@ def test_bfloat16_import(tmp_path, imported):
     finally:
         del model
         gc.collect()
+
+
+def test_the_default_scorer_tokenizer_is_read_from_the_gguf_once(tmp_path, monkeypatch):
+    """Counting tokens in the default scorer's tokenizer reads it out of the GGUF on the first run
+    only: it is saved in the stage cache, and a later process loads it from there with the same
+    ids, never opening the GGUF."""
+    import transformers
+
+    from damoc.data import lm
+
+    texts = ["Term: aspirin\nDefinition: the acetylated derivative of salicylic acid", "café 東京 🙂 x=1"]
+    lm._smollm2_tokenizer.cache_clear()
+    first, name = lm.load_scorer_tokenizer(None, tmp_path)
+    assert "SmolLM2" in name and len(list((tmp_path / "scorer-tokenizer").glob("*/stage.json"))) == 1
+
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def no_gguf(*args, **kwargs):
+        assert "gguf_file" not in kwargs, "the GGUF was read again"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_gguf)
+    lm._smollm2_tokenizer.cache_clear()                       # as in a new process
+    again, _ = lm.load_scorer_tokenizer(None, tmp_path)
+    assert again is not first and len(again) == len(first) == 49152
+    assert again(texts, add_special_tokens=False)["input_ids"] == first(texts, add_special_tokens=False)["input_ids"]
+    assert (again.eos_token, again.bos_token, again.pad_token) == (first.eos_token, first.bos_token, first.pad_token)
+    lm._smollm2_tokenizer.cache_clear()

