@@ -468,14 +468,10 @@ def token_counts(train: list[dict], final: list[dict], candidate_tokenizers: dic
         except (OSError, ValueError) as e:
             out[name] = {"error": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}
             continue
-        identity = tokenizer_identity(tokenizer)
-        if identity is None or identity not in counted:
-            counts = _field_tokens(tokenizer, {"tokens_in": train, "tokens_out": final})
-            if identity is None:
-                out[name] = counts
-                continue
-            counted[identity] = counts
-        out[name] = copy.deepcopy(counted[identity])
+        key = tokenizer_identity(tokenizer) or f"slow tokenizer of {name}"
+        if key not in counted:
+            counted[key] = _field_tokens(tokenizer, {"tokens_in": train, "tokens_out": final})
+        out[name] = copy.deepcopy(counted[key])
     return out
 
 

@@ -170,8 +170,8 @@ def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root:
                 "zero_shot": {task: _rounded(fp.read_summary(entry)) for task, (entry, _) in zero_shot.items()},
                 "notes": spec.notes, "fingerprint": model_key,
                 # The settings fingerprint names what was asked for; the weights' digest tells
-                # whether two builds produced the same model (they do on one machine; other CPUs
-                # round differently, and fine-tuning can amplify that).
+                # whether two builds produced the same model (they do on one machine; two builds
+                # on different machines were not the same, and fine-tuning amplifies that).
                 "weights_sha256": fp.file_digest(model_entry / "model.safetensors"),
             })
         manifest["seconds"] = round(time.perf_counter() - started, 1)
