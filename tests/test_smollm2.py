@@ -91,12 +91,10 @@ def test_bad_dtype(fake_gguf, tmp_path):
 # ---------------------------------------------------------------- the real conversion (optional package)
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
-    result = import_smollm2(out)
-    gc.collect()
-    return result
+@pytest.fixture(scope="session")
+def imported(smollm2_checkpoint) -> Path:
+    """The session's float32 import (conftest), which test_rewrite also reads."""
+    return smollm2_checkpoint
 
 
 def test_import_writes_a_plain_checkpoint(imported):
