@@ -45,7 +45,7 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
         rows = [r for r in payload["results"] if r["task"] == task]
         methods = {r["method"] for r in rows}
         assert {"damoc", "data_only", "model_only", "curve", "zero_shot", "few_shot", "size", "sweep"} <= methods
-        assert len([r for r in rows if r["method"] == "sweep"]) == 2  # keep 0.25 and 0.5, no pruning
+        assert len([r for r in rows if r["method"] == "sweep"]) == 2  # keep 0.5 and 1.0, no pruning
         for r in rows:
             assert set(FIELDS) <= set(r), (task, r["method"])
             assert sorted(r["ranking"]) == sorted(CANDIDATES), r
