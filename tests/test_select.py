@@ -1,5 +1,6 @@
 """The selection engine end to end on the micro zoo with a real local Ray instance, and the trial
-function on its own (no Ray)."""
+function on its own (no Ray). The module's selections share one local Ray, as the rank-fidelity
+benchmark's runs do: a selection uses the Ray it finds and leaves it up."""
 
 from __future__ import annotations
 
@@ -14,6 +15,30 @@ from damoc.config import load_config
 from damoc.trials.trial import rung_steps, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_local_ray(micro_zoo):
+    """A local Ray started the way damoc.orchestrate.init_ray starts one, up for this module: a
+    start and stop per selection costs about 6 s. The micro zoo comes first (it builds with a Ray
+    of its own). Workers inherit the environment from the start, hence the Train start timeout here."""
+    import logging
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    before = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "60"
+    ray.init(configure_logging=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", None)
+        else:
+            os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = before
 
 
 def micro_config(tmp_path: Path, cache: Path, *overrides: str, candidates: list | None = None):
@@ -385,12 +410,11 @@ def test_deepspeed_zero2_trial_on_cpu(micro_zoo, small_data):
     assert not dist.is_initialized()  # the group it made for DeepSpeed is gone again
 
 
-def test_distributed_workers_with_asha(micro_zoo, micro_zoo_cache, tmp_path, monkeypatch):
+def test_distributed_workers_with_asha(micro_zoo, micro_zoo_cache, tmp_path):
     """Two Ray Train workers per candidate (DDP on gloo) under ASHA: trials the scheduler stops
     must release their workers, or the next trial would wait for resources forever."""
     from damoc.pipeline import run_select
 
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
     data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
     config = micro_config(tmp_path, micro_zoo_cache, "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
                           candidates=data["candidates"][:3])
