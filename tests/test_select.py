@@ -18,23 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_local_ray(micro_zoo):
-    """A local Ray started the way damoc.orchestrate.init_ray starts one, up for this module: a
-    start and stop per selection costs about 6 s. The micro zoo comes first (it builds with a Ray
-    of its own). Workers inherit the environment from the start, hence the Train start timeout here."""
-    import logging
+def _one_local_ray(micro_zoo, micro_zoo_cache, tmp_path_factory):
+    """The local Ray a selection starts (damoc.orchestrate.init_ray), started once and up for this
+    module: a start and stop per selection costs about 6 s. The micro zoo comes first (it builds
+    with a Ray of its own). Workers inherit the environment from the start, hence the Train start
+    timeout here."""
     import os
 
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from damoc.orchestrate import init_ray
+
     before = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "60"
-    ray.init(configure_logging=False, log_to_driver=False, logging_level=logging.WARNING)
+    started = init_ray(micro_config(tmp_path_factory.mktemp("ray"), micro_zoo_cache))
     try:
         yield
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         if before is None:
             os.environ.pop("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", None)
         else:
