@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("task", "method", "ranking", "spearman", "kendall", "top1_hit", "regret", "compute_ratio",
           "wall_ratio_train", "wall_ratio_end_to_end")
@@ -61,6 +63,7 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
         truth = payload["ground_truth"][task]
         assert sorted(truth["ranking"]) == sorted(CANDIDATES) and truth["train_flops"] > 0
         # The ground truth's own rungs scored against its final test scores, one entry per rung.
+        assert truth["seeds"] == payload["config"]["profile"]["truth_seeds"] == list(map(int, truth["by_seed"]))
         steps = [point["step"] for point in truth["rung_agreement"]]
         assert steps and steps == sorted(steps)
         assert all(-1.0 <= point["spearman"] <= 1.0 for point in truth["rung_agreement"])
@@ -150,7 +153,10 @@ def test_a_ground_truth_read_from_the_cache_is_named_in_the_run_note():
         "older_file": {"end_to_end_s": 1808.0}}}
     note = bench._truth_cache_note(payload)
     assert "`cached` (30 min" in note and "`trained`" not in note and "`older_file`" not in note
+    payload["ground_truth"]["two_seeds"] = {"ground_truth_run_seconds": 2.0, "end_to_end_s": 1800.0, "seeds": [0, 1]}
+    assert "`two_seeds` (60 min of trials summed over candidates and its 2 seeds" in bench._truth_cache_note(payload)
     payload["ground_truth"].pop("cached")
+    payload["ground_truth"].pop("two_seeds")
     assert bench._truth_cache_note(payload) == ""
 
 
@@ -186,13 +192,16 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
     assert lines[3].endswith("Zero-shot Spearman - (damoc 0.31); none of the 2 measured proxy settings meets all four.")
 
 
-def _fake_report(truth: dict, ranking: list[str]) -> dict:
+def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None) -> dict:
     """The parts of a `damoc select` report the benchmark reads, for a run whose ground truth
-    scored the candidates `truth` (test accuracy) and whose proxies ranked them `ranking`."""
+    scored the candidates `truth` (test accuracy) and whose proxies ranked them `ranking`;
+    `history` gives each candidate's ground-truth validation gold_logprob by step."""
     candidates = [{"name": n, "params": 1000, "score": -float(ranking.index(n)), "score_on": "test", "status": "ok",
                    "rank": ranking.index(n) + 1, "wall_s": {"fine_tune": 1.0, "total": 2.0},
-                   "ground_truth": {"status": "ok", "test": {"accuracy": acc}, "train_tokens": 100,
-                                    "train_flops": 6e5, "wall_s": {"fine_tune": 10.0, "total": 12.0}, "history": []}}
+                   "ground_truth": {"status": "ok", "test": {"accuracy": acc, "gold_logprob": acc - 2}, "train_tokens": 100,
+                                    "train_flops": 6e5, "wall_s": {"fine_tune": fine_tune_s, "total": fine_tune_s + 2},
+                                    "history": [{"step": step, "val_gold_logprob": v}
+                                                for step, v in ((history or {}).get(n) or {}).items()]}}
                   for n, acc in truth.items()]
     return {"candidates": candidates, "ranking": ranking, "metric": "gold_logprob", "higher_is_better": True,
             "cost": {"wall_s": {"data": 1.0}, "proxy_train_flops": 6e4}, "data_compression": {}, "_bench_seconds": 5.0}
@@ -217,3 +226,80 @@ def test_a_tried_ground_truth_seed_is_scored_against_its_own_truth_and_compared(
     assert abs(other["spearman"] - 0.2) < 1e-9                                  # proxy vs its own truth
     assert abs(other["truth_vs_first"]["spearman"] - 0.2) < 1e-9 and other["truth_vs_first"]["top1_hit"]
     assert other["vs_first_truth"]["spearman"] == 1.0 and other["vs_first_truth"]["top1_hit"]
+
+
+def test_a_ground_truth_over_two_seeds_is_their_mean_and_reports_how_far_they_agree(tmp_path):
+    """With two seeds of full fine-tuning, each candidate's ground-truth score is its mean test
+    score; costs are one fine-tune's (the mean of the two); each seed's own ranking and the seeds'
+    agreement are kept, and every ranking is also scored against each seed alone."""
+    bench = _benchmark_module()
+    truth0 = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
+    truth1 = {"a": 0.5, "b": 0.6, "c": 0.9, "d": 0.8}
+    # Validation gold_logprob at two rungs: at step 5 the seeds' mean ranks a, b, d, c; at step 10 c, a, b, d.
+    hist0 = {"a": {5: -1.0, 10: -1.1}, "b": {5: -1.2, 10: -1.3}, "c": {5: -1.9, 10: -1.0}, "d": {5: -1.5, 10: -1.6}}
+    hist1 = {"a": {5: -1.0, 10: -1.1}, "b": {5: -1.2, 10: -1.3}, "c": {5: -1.9, 10: -1.0}, "d": {5: -1.3, 10: -1.6}}
+    reports = [_fake_report(truth0, ["a", "b", "c", "d"], fine_tune_s=10.0, history=hist0),
+               _fake_report(truth1, ["a", "b", "c", "d"], fine_tune_s=30.0, history=hist1)]
+    truth = bench.truth_over_seeds(reports, [0, 1], "accuracy")
+    assert truth["scores"] == pytest.approx({"a": 0.7, "b": 0.7, "c": 0.8, "d": 0.7})
+    assert truth["ranking"][0] == "c"
+    assert abs(truth["candidates"]["a"]["test"]["gold_logprob"] - (0.7 - 2)) < 1e-12
+    assert truth["train_flops"] == 4 * 6e5 and truth["train_s"] == 4 * 20.0    # one fine-tune each, mean of the two
+    assert truth["seeds"] == [0, 1]
+    assert truth["by_seed"]["0"]["ranking"] == ["a", "b", "c", "d"] and truth["by_seed"]["1"]["ranking"] == ["c", "d", "b", "a"]
+    (pair,) = truth["seed_agreement"]
+    assert pair["seeds"] == [0, 1] and abs(pair["spearman"] + 0.8) < 1e-9 and pair["top1_same"] is False
+    assert [p["step"] for p in truth["rung_agreement"]] == [5, 10]
+    assert truth["rung_agreement"][1]["top1_hit"] and not truth["rung_agreement"][0]["top1_hit"]
+
+    row = bench.score_ranking(["a", "b", "c", "d"], truth)
+    assert row["chosen"] == "a" and not row["top1_hit"]
+    assert row["by_truth_seed"]["0"]["spearman"] == 1.0 and row["by_truth_seed"]["0"]["top1_hit"]
+    assert abs(row["by_truth_seed"]["1"]["spearman"] + 0.8) < 1e-9
+    # One seed: the ground truth is that run's, with no per-seed scoring of the rows.
+    single = bench.truth_over_seeds(reports[:1], [0], "accuracy")
+    assert single["scores"] == truth0 and single["seed_agreement"] == [] and "by_truth_seed" not in bench.score_ranking(["a", "b"], single)
+
+    payload = {"ground_truth": {"t": truth}, "results": [{"task": "t", "method": "damoc", "keep_ratio": 0.1, "prune_ratio": 0.25,
+                                                           "compute_ratio": 30.0, "wall_ratio_train": 9.0,
+                                                           "wall_ratio_end_to_end": 12.0, **row}]}
+    text = bench.truth_table(payload)
+    assert "the mean of full fine-tuning with seeds 0, 1" in text and "seed 1: c 0.900, d 0.800" in text
+    assert "Seeds 0 and 1 agree at Spearman -0.80" in text and "different winner" in text
+    table = bench.results_table(payload).splitlines()
+    assert table[0].endswith("| Spearman vs seed 0 / 1 alone |") and table[2].endswith("| 1.00 / -0.80 |")
+    assert "full fine-tuning agrees with itself across seeds at Spearman -0.80" in bench.targets_summary(payload)
+    bench.plot_scatter(payload, tmp_path / "scatter.png")
+    bench.plot_frontier(payload, tmp_path / "frontier.png")
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("scatter.png", "frontier.png"))
+
+
+def test_a_second_ground_truth_seed_changes_only_that_seed(monkeypatch):
+    """The second seed's run is the first run's config with only the ground truth's seed changed
+    (so its proxies come from the stage cache); `--try` entries use the profile's seeds unless
+    they set the ground truth's seed themselves."""
+    bench = _benchmark_module()
+    truth = {"a": 0.9, "b": 0.8, "c": 0.7}
+    ran = []
+
+    def fake_run(cfg):
+        ran.append(cfg)
+        return _fake_report(truth, ["a", "b", "c"])
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    base = bench.base_config(bench.PROFILES["full"], "wordnet-lexcat", Path("/nonexistent/work"), None)
+    assert base["ranking"]["ground_truth_training"]["seed"] == 0
+    got = bench.truth_with_seeds(base, fake_run(base), [0, 1], "accuracy")
+    assert len(ran) == 2 and got["seeds"] == [0, 1]
+    first, second = ran
+    assert second["ranking"]["ground_truth_training"] == {**first["ranking"]["ground_truth_training"], "seed": 1}
+    strip = lambda c: {**c, "output": None, "ranking": {**c["ranking"], "ground_truth_training": None}}  # noqa: E731
+    assert strip(second) == strip(first) and second["output"]["dir"] != first["output"]["dir"]
+
+    ran.clear()
+    pairs = [({"name": "plain"}, base),
+             ({"name": "own_seed", "ranking": {"ground_truth_training": {"seed": 3}}},
+              bench.variant(base, "own", ground_truth_training={"seed": 3}))]
+    rows, first_truth = bench.run_tried("wordnet-lexcat", pairs, log=lambda task, row: None, seeds=[0, 1])
+    assert [c["ranking"]["ground_truth_training"]["seed"] for c in ran] == [0, 1, 3]
+    assert first_truth["seeds"] == [0, 1] and "by_truth_seed" in rows[0] and "by_truth_seed" not in rows[1]
