@@ -227,7 +227,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"{method} baseline would pick: {b['ranking'][0]}")
     if report.get("agreement", {}).get("damoc"):
         a = report["agreement"]["damoc"]
-        print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, regret {a['regret']}")
+        m = a.get("misplaced")
+        worst = f"; most misplaced: {m['candidate']} (ranked {m['rank']}, full fine-tuning {m['truth_rank']})" if m else ""
+        print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, "
+              f"regret {a['regret']}{worst}")
     print(f"report: {config.output.dir}/report.md, {config.output.dir}/report.json")
     return 0
 

@@ -191,6 +191,15 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
     assert lines[3].startswith("- `t2`: damoc missed: top-1 (chose c); Spearman 0.31 < 0.9; compute ratio 7.0x < 20x.")
     assert lines[3].endswith("Zero-shot Spearman - (damoc 0.31); none of the 2 measured proxy settings meets all four.")
 
+    # With the ranking and the truth's scores, a missed task names the candidate the proxy gets
+    # most wrong (here e, last in truth, ranked second).
+    payload["ground_truth"]["t2"] = {"scores": {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.1},
+                                     "higher_is_better": True}
+    payload["results"][2]["ranking"] = ["c", "e", "a", "b", "d"]
+    line = bench.targets_summary(payload).splitlines()[3]
+    assert line.endswith("meets all four. Its largest misplacement: e, ranked 2nd where full fine-tuning ranks "
+                         "it 5th (Spearman 0.40 over the other candidates)."), line
+
 
 def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None) -> dict:
     """The parts of a `damoc select` report the benchmark reads, for a run whose ground truth
@@ -303,3 +312,38 @@ def test_a_second_ground_truth_seed_changes_only_that_seed(monkeypatch):
     rows, first_truth = bench.run_tried("wordnet-lexcat", pairs, log=lambda task, row: None, seeds=[0, 1])
     assert [c["ranking"]["ground_truth_training"]["seed"] for c in ran] == [0, 1, 3]
     assert first_truth["seeds"] == [0, 1] and "by_truth_seed" in rows[0] and "by_truth_seed" not in rows[1]
+
+
+def test_truth_seeds_flag_sets_the_seeds_the_ground_truth_is_trained_with(monkeypatch, tmp_path, capsys):
+    """`--truth-seeds`: refused with one line and exit 2 when malformed (before Ray starts, nothing
+    written); otherwise every task's ground truth is trained with exactly those seeds and the
+    results file's profile records them."""
+    bench = _benchmark_module()
+    out = tmp_path / "rf.json"
+    for bad, expected in {"0,x": "expected comma-separated non-negative integers",
+                          "": "expected comma-separated", "-1": "expected comma-separated",
+                          "1,1": "a seed is given twice"}.items():
+        assert bench.main(["--truth-seeds", bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--truth-seeds" in err and expected in err, err
+        assert not out.exists()
+    assert bench.parse_seeds(" 3, 0") == [3, 0]
+
+    import ray
+
+    seen = {}
+
+    def fake_run_task(profile, task, work, cache, log):
+        seen[task] = profile["truth_seeds"]
+        cfg = bench.base_config(profile, task, work, cache)
+        return [], {"seeds": profile["truth_seeds"]}, {"damoc": cfg}
+
+    monkeypatch.setattr(bench, "run_task", fake_run_task)
+    monkeypatch.setattr(bench, "prepare_candidates", lambda *a: (0.0, {}))
+    monkeypatch.setattr(bench, "write_outputs", lambda payload, path, readme: path.write_text(json.dumps(payload)))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert bench.main(["--truth-seeds", "2,5", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert seen == {task: [2, 5] for task in bench.TASKS}
+    assert json.loads(out.read_text())["config"]["profile"]["truth_seeds"] == [2, 5]
+    assert bench.PROFILES["full"]["truth_seeds"] == [0, 1]   # the profile itself is left as it was

@@ -184,6 +184,9 @@ def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
     assert "winner:" in out and "agreement with full fine-tuning" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["ground_truth"]["ranking"] and set(report["agreement"]) >= {"damoc", "zero_shot", "size"}
+    # Two candidates: no single one to blame for a disagreement (agreement's own tests cover more).
+    assert report["agreement"]["damoc"]["misplaced"] is None and "most misplaced" not in out
+    assert "| most misplaced (its rank / truth's; Spearman without it) |" in (tmp_path / "out" / "report.md").read_text()
     assert report["cost"]["ground_truth_train_tokens"] > report["cost"]["proxy_train_tokens"]  # full data vs half
     assert (tmp_path / "out" / "proxy_vs_truth.png").is_file()
 

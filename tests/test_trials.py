@@ -71,6 +71,20 @@ def test_agreement_metrics():
     loss = agreement({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}, truth, predicted_higher_is_better=False)
     assert loss["spearman"] == pytest.approx(1.0) and loss["top1_hit"]
     assert rank({"x": 1.0, "y": 1.0, "z": 2.0}) == ["z", "x", "y"]
+    assert same["misplaced"] is None and reversed_["misplaced"] is None   # nothing to single out
+
+
+def test_agreement_names_the_candidate_a_ranking_gets_most_wrong():
+    """One candidate moved from last to second: agreement singles it out, with its rank in both
+    orders and the (perfect) Spearman of the others; lower-is-better truths are sign-corrected."""
+    truth = {n: 10.0 - i for i, n in enumerate("abcdef")}          # a best ... f worst
+    predicted = {"a": 6, "f": 5, "b": 4, "c": 3, "d": 2, "e": 1}   # f jumps to second
+    got = agreement(predicted, truth)
+    assert got["spearman"] < 0.5
+    assert got["misplaced"] == {"candidate": "f", "rank": 2, "truth_rank": 6, "spearman_without": pytest.approx(1.0)}
+    loss_truth = {n: -v for n, v in truth.items()}
+    assert agreement(predicted, loss_truth, truth_higher_is_better=False)["misplaced"]["candidate"] == "f"
+    assert agreement({"a": 3, "b": 2, "c": 1}, {"a": 1, "b": 3, "c": 2})["misplaced"] is None   # too few
 
 
 def test_stopped_candidates_rank_by_rung_then_the_halving_metric():

@@ -35,12 +35,41 @@ def agreement(predicted: Mapping[str, float], truth: Mapping[str, float], *,
     chosen = rank({n: predicted[n] for n in names}, predicted_higher_is_better)[0]
     best = rank({n: truth[n] for n in names}, truth_higher_is_better)[0]
     regret = sign_t * (truth[best] - truth[chosen])
+    rho = None if math.isnan(rho) else float(rho)
     return {
-        "spearman": None if math.isnan(rho) else float(rho),
+        "spearman": rho,
         "kendall": None if math.isnan(tau) else float(tau),
         "top1_hit": chosen == best,
         "chosen": chosen,
         "best": best,
         "regret": float(regret),
         "candidates": len(names),
+        "misplaced": misplaced(dict(zip(names, p)), dict(zip(names, t)), rho),
     }
+
+
+def misplaced(predicted: Mapping[str, float], truth: Mapping[str, float], rho: float | None) -> dict | None:
+    """The candidate whose omission raises Spearman the most: which one a ranking gets most wrong,
+    with its rank in each order (1 = best) and the Spearman of the others. Scores are higher-is-better
+    here. None below 4 candidates (3 left is too few to read a correlation from), when the ranking
+    already agrees perfectly, or when no single omission helps. scipy has no leave-one-out
+    correlation, hence this loop."""
+    from scipy.stats import spearmanr
+
+    if rho is None or len(predicted) < 4 or rho >= 1.0:
+        return None
+    by_pred, by_truth = rank(predicted), rank(truth)
+    best = None
+    for name in predicted:
+        rest = [n for n in predicted if n != name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            without = spearmanr([predicted[n] for n in rest], [truth[n] for n in rest]).statistic
+        if math.isnan(without) or without <= rho + 1e-12:
+            continue
+        shift = abs(by_pred.index(name) - by_truth.index(name))
+        key = (without, shift)
+        if best is None or key > best[0]:
+            best = (key, {"candidate": name, "rank": by_pred.index(name) + 1,
+                          "truth_rank": by_truth.index(name) + 1, "spearman_without": float(without)})
+    return best[1] if best else None

@@ -260,10 +260,14 @@ def format_markdown(report: dict) -> str:
     if report.get("agreement"):
         out += ["", "## Agreement with ground truth (full fine-tuning)", "",
                 f"Ground truth: {', '.join(report['ground_truth']['ranking'])}", "",
-                "| method | Spearman | Kendall | top-1 hit | regret |", "|---|---|---|---|---|"]
+                "| method | Spearman | Kendall | top-1 hit | regret | most misplaced (its rank / truth's; Spearman without it) |",
+                "|---|---|---|---|---|---|"]
         for method, a in report["agreement"].items():
             if a:
-                out.append(f"| {method} | {a['spearman']} | {a['kendall']} | {a['top1_hit']} | {a['regret']} |")
+                m = a.get("misplaced")
+                worst = (f"{m['candidate']} ({m['rank']} / {m['truth_rank']}; {m['spearman_without']:.2f})"
+                         if m else "-")
+                out.append(f"| {method} | {a['spearman']} | {a['kendall']} | {a['top1_hit']} | {a['regret']} | {worst} |")
     cost = report["cost"]
     out += ["", "## Cost", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in cost["wall_s"].items()]
