@@ -858,12 +858,26 @@ def targets_summary(payload: dict) -> str:
         truth = payload["ground_truth"][task]
         worst = (score_ranking(damoc["ranking"], truth)["misplaced"]
                  if damoc.get("ranking") and truth.get("scores") else None)
-        worst = (f" Its largest misplacement: {worst['candidate']}, ranked {_ordinal(worst['rank'])} where full "
+        worst = (f" The demo proxy's largest misplacement: {worst['candidate']}, ranked {_ordinal(worst['rank'])} where full "
                  f"fine-tuning ranks it {_ordinal(worst['truth_rank'])} (Spearman {_fmt(worst['spearman_without'])} "
                  f"over the other candidates).") if worst and misses else ""
         lines.append(f"- `{task}`: damoc {verdict}. Zero-shot Spearman "
-                     f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}.{worst}")
+                     f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}."
+                     f"{_early_truth_note(truth)}{worst}")
     return "\n".join(lines)
+
+
+def _early_truth_note(truth: dict) -> str:
+    """How well full fine-tuning itself ranks when stopped at its first rung: a proxy that is a
+    shortened full fine-tuning, at that or less compute, cannot be expected to rank better (it
+    would have to predict what the run has not shown yet)."""
+    rungs = truth.get("rung_agreement") or []
+    if len(rungs) < 2 or rungs[0].get("spearman") is None:
+        return ""
+    first, last = rungs[0], rungs[-1]
+    return (f" Full fine-tuning's own validation order at step {first['step']} of {last['step']} (1/"
+            f"{last['step'] / first['step']:.0f} of its compute) ranks at {_fmt(first['spearman'])}"
+            f"{'' if first['top1_hit'] else ', missing the winner'}.")
 
 
 def _ordinal(n: int) -> str:

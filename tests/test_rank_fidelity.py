@@ -193,12 +193,16 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
 
     # With the ranking and the truth's scores, a missed task names the candidate the proxy gets
     # most wrong (here e, last in truth, ranked second).
+    # Its rungs say how well full fine-tuning itself ranks when stopped early.
     payload["ground_truth"]["t2"] = {"scores": {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.1},
-                                     "higher_is_better": True}
+                                     "higher_is_better": True,
+                                     "rung_agreement": [{"step": 62, "spearman": 0.857, "top1_hit": False},
+                                                        {"step": 250, "spearman": 1.0, "top1_hit": True}]}
     payload["results"][2]["ranking"] = ["c", "e", "a", "b", "d"]
     line = bench.targets_summary(payload).splitlines()[3]
-    assert line.endswith("meets all four. Its largest misplacement: e, ranked 2nd where full fine-tuning ranks "
-                         "it 5th (Spearman 0.40 over the other candidates)."), line
+    assert line.endswith("meets all four. Full fine-tuning's own validation order at step 62 of 250 (1/4 of its "
+                         "compute) ranks at 0.86, missing the winner. The demo proxy's largest misplacement: e, ranked 2nd "
+                         "where full fine-tuning ranks it 5th (Spearman 0.40 over the other candidates)."), line
 
 
 def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None) -> dict:
