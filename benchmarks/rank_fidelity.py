@@ -513,8 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     default_name = "rank_fidelity_tried.json" if args.tried else \
         "rank_fidelity_quick.json" if args.quick else "rank_fidelity.json"
     out = (Path(args.out) if args.out else RESULTS / default_name).resolve()
+    # The README's generated section shows the published results file only; a run written
+    # elsewhere (a reproduction, an experiment) gets its plots beside it and leaves the README alone.
+    readme = not args.quick and out == (RESULTS / "rank_fidelity.json").resolve()
     if args.readme:
-        write_outputs(json.loads(out.read_text()), out, readme=not args.quick)
+        write_outputs(json.loads(out.read_text()), out, readme=readme)
         return 0
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, payload)
     else:
-        write_outputs(payload, out, readme=not args.quick)
+        write_outputs(payload, out, readme=readme)
     print(f"rank_fidelity: {len(results)} results in {payload['seconds']:.0f} s -> {out}")
     return 0
 

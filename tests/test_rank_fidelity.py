@@ -344,10 +344,17 @@ def test_truth_seeds_flag_sets_the_seeds_the_ground_truth_is_trained_with(monkey
 
     monkeypatch.setattr(bench, "run_task", fake_run_task)
     monkeypatch.setattr(bench, "prepare_candidates", lambda *a: (0.0, {}))
-    monkeypatch.setattr(bench, "write_outputs", lambda payload, path, readme: path.write_text(json.dumps(payload)))
+    readme_written = []
+
+    def fake_write_outputs(payload, path, readme):
+        readme_written.append(readme)
+        path.write_text(json.dumps(payload))
+
+    monkeypatch.setattr(bench, "write_outputs", fake_write_outputs)
     monkeypatch.setattr(ray, "init", lambda *a, **k: None)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     assert bench.main(["--truth-seeds", "2,5", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     assert seen == {task: [2, 5] for task in bench.TASKS}
     assert json.loads(out.read_text())["config"]["profile"]["truth_seeds"] == [2, 5]
     assert bench.PROFILES["full"]["truth_seeds"] == [0, 1]   # the profile itself is left as it was
+    assert readme_written == [False]   # a results file other than the published one leaves the README alone
