@@ -411,7 +411,12 @@ def test_train_workers_spread_over_both_nodes_and_rerun_when_their_trial_process
     started = time.time()
     code, stdout, err = cli("submit", CONFIG, "--address", cluster.address, "candidates=[zoo:micro/micro-qwen2-tiny-domain]",
                             "ranking.baselines=[]", "ranking.early_stopping.scheduler=none",
-                            "training.max_steps=120", "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
+                            # The first rung at step 6 of 400 leaves the test most of the run (about 15 s
+                            # here) to see the report and kill the trial; at 30 of 120 a fast machine
+                            # finished the run between two polls.
+                            "training.max_steps=400", "ranking.early_stopping.rungs=3",
+                            "ranking.early_stopping.reduction_factor=8",
+                            "cluster.workers_per_candidate=2", "cluster.cpus_per_worker=0.5",
                             "cluster.placement_strategy=SPREAD", *overrides(out, cache))
     assert code == 0, err
     job_id = stdout.splitlines()[0]
@@ -428,7 +433,8 @@ def test_train_workers_spread_over_both_nodes_and_rerun_when_their_trial_process
     # One candidate: while its two Train workers run, its trial process is the only one of this job.
     deadline = time.monotonic() + 240
     while not (reported() and len(processes("ray::RayTrainWorker")) == 2 and processes("ray::ImplicitFunc")):
-        assert str(sub.job_info(client, info, job_id).status) not in sub.TERMINAL, "job ended before a trial ran"
+        assert str(sub.job_info(client, info, job_id).status) not in sub.TERMINAL, \
+            "the job ended before the test saw its trial report a rung with both Train workers running"
         assert time.monotonic() < deadline, "the trial did not report a rung with its two Ray Train workers running"
         time.sleep(0.5)
     [trial_process] = processes("ray::ImplicitFunc")
