@@ -30,8 +30,12 @@ def machine() -> dict:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory = None
+    from damoc.fingerprint import arithmetic_platform
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cpu = arithmetic_platform()
     return {"cpus": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None, "gpu": gpu,
+            "cpu": cpu["cpu"], "cpu_capability": cpu["cpu_capability"],
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
 
 

@@ -25,6 +25,26 @@ FINGERPRINT_CHARS = 20
 _digest_memo: dict[tuple[str, int, int], str] = {}
 
 
+def arithmetic_platform() -> dict:
+    """What, besides a stage's inputs, decides the bytes it computes on CPU: the processor and the
+    instruction set torch dispatches its kernels to (AVX2, AVX512, ...), and torch's version. A
+    fingerprint cannot include these (a cache must serve every machine of a cluster), so outputs
+    whose bytes matter (the zoo's weights) record them beside their digest: two machines may train
+    the same settings into different weights."""
+    import platform
+
+    import torch
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), None)
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: equal data gives equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("task", "method", "ranking", "spearman", "kendall", "top1_hit", "regret", "compute_ratio",
@@ -28,6 +29,8 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
     payload = json.loads(out.read_text())
     assert {"commit", "machine", "config", "results", "ground_truth"} <= set(payload)
     assert payload["commit"] and payload["machine"]["cpus"] >= 1 and "memory_gib" in payload["machine"]
+    # The processor and kernel instruction set, which decide the zoo's weights and so the figures.
+    assert payload["machine"]["cpu"] and payload["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # Resolving the (prebuilt) candidates is timed apart from the benchmark's own seconds.
     assert 0 <= payload["zoo_seconds"] < payload["seconds"]
     assert set(payload["config"]["tasks"]) == {"wordnet-lexcat", "wordnet-defgen"}

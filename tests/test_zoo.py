@@ -95,6 +95,11 @@ def test_a_second_build_on_the_same_machine_repeats_the_weights_bit_for_bit(micr
     entry = next(c for c in manifest["candidates"] if c["name"] == spec.name)
     assert entry["weights_sha256"] == fp.file_digest(tmp_path / "again" / "model.safetensors")
     assert len({c["weights_sha256"] for c in manifest["candidates"]}) == len(MICRO)
+    # Beside each digest, what else decides those bytes: this machine's processor and the kernels
+    # torch dispatched to (the same settings trained on another CPU gave other weights).
+    here = fp.arithmetic_platform()
+    assert all(c["built_on"] == here for c in manifest["candidates"])
+    assert here["cpu"] and here["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_refuses_to_overwrite_a_directory_that_is_not_a_zoo(tmp_path):

@@ -173,6 +173,7 @@ def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root:
                 # whether two builds produced the same model (they do on one machine; two builds
                 # on different machines were not the same, and fine-tuning amplifies that).
                 "weights_sha256": fp.file_digest(model_entry / "model.safetensors"),
+                "built_on": stats.get("built_on"),   # absent from entries cached before it was recorded
             })
         manifest["seconds"] = round(time.perf_counter() - started, 1)
         write_json(tmp / "zoo.json", manifest)

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from damoc import fingerprint as fp
 from damoc.zoo.pretraining_data import split_stream
 from damoc.zoo.specs import CandidateSpec
 
@@ -132,6 +133,7 @@ def pretrain(spec: CandidateSpec, tokenizer_dir: str | os.PathLike, stream_paths
         "final_loss": losses["mix"],
         "heldout_loss_per_corpus": {k: v for k, v in losses.items() if k != "mix"},
         "seconds": round(time.perf_counter() - started, 2),
+        "built_on": fp.arithmetic_platform(),
     }
     (out_dir / "damoc_zoo.json").write_text(json.dumps({"spec": spec.to_dict(), "stats": stats}, indent=2) + "\n")
     log.info("zoo: pretrained %s (%.2fM params, loss %.3f, %.0f s)", spec.name, params / 1e6, losses["mix"], stats["seconds"])
