@@ -42,7 +42,9 @@ def arithmetic_platform() -> dict:
     except OSError:
         pass
     return {"cpu": cpu or platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl_cbwr": os.environ.get("MKL_CBWR"),   # MKL's code path (None: chosen per CPU)
+            "torch": torch.__version__}
 
 
 def canonical_json(obj: Any) -> str:

@@ -102,6 +102,50 @@ def test_a_second_build_on_the_same_machine_repeats_the_weights_bit_for_bit(micr
     assert here["cpu"] and here["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
+def test_portable_kernels_build_other_weights_that_narrower_instruction_sets_repeat(micro_zoo, micro_zoo_cache, tmp_path):
+    """`--portable-kernels` pretrains in Ray workers started with torch's scalar kernels and MKL's
+    compatible mode: the manifest says so per candidate, the weights are cached apart from (and
+    differ from) the default build's, and a fresh process capped at older instruction sets (MKL at
+    SSE4.2, oneDNN at SSE4.1), as an older CPU would be, pretrains the same bytes."""
+    import subprocess
+    import sys
+
+    from damoc import fingerprint as fp
+
+    portable = zoo_build.build_zoo("micro", tmp_path / "portable", cache_root=micro_zoo_cache, workers=2,
+                                   portable_kernels=True)
+    manifest = json.loads((portable / "zoo.json").read_text())
+    native = json.loads((micro_zoo / "zoo.json").read_text())
+    assert manifest["kernels"] == "portable" and native["kernels"] == "native"
+    assert all(c["built_on"]["cpu_capability"] == "DEFAULT" and c["built_on"]["mkl_cbwr"] == "COMPATIBLE"
+               for c in manifest["candidates"])
+    native_digests = {c["name"]: c["weights_sha256"] for c in native["candidates"]}
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":   # x86 with AVX2 or wider: other rounding
+        assert all(c["weights_sha256"] != native_digests[c["name"]] for c in manifest["candidates"])
+    # The default build's entries are untouched: its zoo still resolves to its own bytes.
+    assert all(fp.file_digest(micro_zoo / n / "model.safetensors") == d for n, d in native_digests.items())
+
+    spec = MICRO[0]
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from damoc.zoo import build as zb\n"
+        "from damoc.zoo.pretrain import pretrain\n"
+        "from damoc.zoo.specs import MICRO, ZOO_SIZES\n"
+        "settings = ZOO_SIZES['micro']; spec = MICRO[0]\n"
+        "names = sorted({n for s in MICRO for n in s.corpus_mix})\n"
+        "key, tokenizer = zb._tokenizer(Path(sys.argv[1]), settings, names)\n"
+        "streams = zb._streams(Path(sys.argv[1]), key, tokenizer, names)\n"
+        "pretrain(spec, tokenizer, {n: streams[n] for n in spec.corpus_mix}, Path(sys.argv[2]),\n"
+        "         max_positions=settings['max_positions'], threads=1)\n")
+    env = {**os.environ, **zoo_build.PORTABLE_KERNEL_ENV, "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+           "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    proc = subprocess.run([sys.executable, "-c", script, str(micro_zoo_cache), str(tmp_path / "older")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "older" / "model.safetensors").read_bytes() == (portable / spec.name / "model.safetensors").read_bytes()
+
+
 def test_refuses_to_overwrite_a_directory_that_is_not_a_zoo(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")

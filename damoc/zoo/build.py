@@ -28,6 +28,12 @@ log = logging.getLogger("damoc.zoo")
 ZERO_SHOT_TASKS = ("wordnet-lexcat", "wordnet-defgen")
 GENERATION_ROWS = 32          # rows generated for the zero-shot ROUGE-L of generation tasks
 STAGE_VERSIONS = {"zoo-tokenizer": 1, "zoo-streams": 1, "zoo-model": 1, "zoo-zeroshot": 1}
+# The same settings pretrained on two CPUs give different weights: torch dispatches its kernels to
+# the widest instruction set it finds (AVX512, AVX2, ...) and MKL picks its own code path per CPU,
+# and each rounds differently; a few hundred steps amplify that (REFERENCE; benchmarks/README,
+# rank fidelity). These pin both to code every x86-64 CPU runs alike, at about 2.3x the time.
+# Read when a process first dispatches, so they are set on fresh Ray workers, never in-process.
+PORTABLE_KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
 
 def default_zoo_dir(size: str, cache_root: Optional[Path] = None) -> Path:
@@ -67,9 +73,11 @@ def _streams(cache: Path, tokenizer_key: str, tokenizer_dir: Path, names: list[s
     return {name: entry / f"{name}.npy" for name in names}
 
 
-def _model_key(spec: CandidateSpec, tokenizer_key: str, settings: dict) -> str:
+def _model_key(spec: CandidateSpec, tokenizer_key: str, settings: dict, portable_kernels: bool = False) -> str:
+    # Portable builds are other bytes, so they are cached apart; the default's key is unchanged.
     return fp.fingerprint("zoo-model", spec.to_dict(), tokenizer_key,
                           {n: fp.file_digest(corpus_path(n)) for n in spec.corpus_mix}, settings["max_positions"],
+                          *([{"kernels": PORTABLE_KERNEL_ENV}] if portable_kernels else []),
                           stage_version=STAGE_VERSIONS["zoo-model"])
 
 
@@ -103,12 +111,18 @@ def zero_shot_scores(model_dir: str | os.PathLike, task: str, rows: int) -> dict
 
 
 def build_candidate(spec: CandidateSpec, tokenizer_dir: Path, stream_paths: dict[str, Path], model_entry: Path,
-                    zero_shot: dict[str, tuple[Path, int]], max_positions: int, threads: int = 1) -> dict:
+                    zero_shot: dict[str, tuple[Path, int]], max_positions: int, threads: int = 1,
+                    portable_kernels: bool = False) -> dict:
     """Pretrain (unless cached) and score zero-shot (unless cached) one candidate. Runs in a Ray task."""
     import torch
 
     from damoc.zoo.pretrain import pretrain
 
+    if portable_kernels:
+        kernels = fp.arithmetic_platform()
+        if kernels["cpu_capability"] != "DEFAULT" or kernels["mkl_cbwr"] != PORTABLE_KERNEL_ENV["MKL_CBWR"]:
+            raise DamocError(f"zoo: {spec.name} was to be pretrained with portable kernels, but this process "
+                             f"dispatches to {kernels['cpu_capability']} (MKL_CBWR={kernels['mkl_cbwr']})")
     torch.set_num_threads(threads)
     if not fp.is_done(model_entry):
         with atomic_dir(model_entry) as tmp:
@@ -126,8 +140,9 @@ def build_candidate(spec: CandidateSpec, tokenizer_dir: Path, stream_paths: dict
 
 # ------------------------------------------------------------------------------ the zoo
 def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root: Optional[str | os.PathLike] = None,
-              workers: Optional[int] = None) -> Path:
-    """Build (or assemble from cache) the zoo of `size`; returns its directory."""
+              workers: Optional[int] = None, portable_kernels: bool = False) -> Path:
+    """Build (or assemble from cache) the zoo of `size`; returns its directory. With
+    `portable_kernels`, pretrain with kernels every x86-64 CPU runs alike (PORTABLE_KERNEL_ENV)."""
     if size not in ZOO_SIZES:
         raise DamocError(f"unknown zoo size '{size}' (sizes: {', '.join(ZOO_SIZES)})")
     settings = ZOO_SIZES[size]
@@ -143,7 +158,7 @@ def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root:
 
     jobs = []
     for spec in specs:
-        model_key = _model_key(spec, tokenizer_key, settings)
+        model_key = _model_key(spec, tokenizer_key, settings, portable_kernels)
         model_entry = fp.stage_dir(cache, "zoo-model", model_key)
         zero_shot = {task: (fp.stage_dir(cache, "zoo-zeroshot", _zero_shot_key(model_key, task, settings["zero_shot_rows"])),
                             settings["zero_shot_rows"]) for task in ZERO_SHOT_TASKS}
@@ -151,11 +166,12 @@ def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root:
     pending = [j for j in jobs if not fp.is_done(j[2]) or not all(fp.is_done(e) for e, _ in j[3].values())]
     if pending:
         log.info("zoo: building %d of %d %s candidates (%d cached)", len(pending), len(jobs), size, len(jobs) - len(pending))
-        _run_on_ray(pending, tokenizer_dir, stream_paths, settings["max_positions"], workers)
+        _run_on_ray(pending, tokenizer_dir, stream_paths, settings["max_positions"], workers, portable_kernels)
     else:
         log.info("zoo: all %d %s candidates cached", len(jobs), size)
 
-    manifest = {"size": size, "tokenizer": {"vocab_size": settings["vocab_size"], "fingerprint": tokenizer_key},
+    manifest = {"size": size, "kernels": "portable" if portable_kernels else "native",
+                "tokenizer": {"vocab_size": settings["vocab_size"], "fingerprint": tokenizer_key},
                 "zero_shot_rows": settings["zero_shot_rows"], "candidates": []}
     with atomic_dir(out_dir) as tmp:
         for spec, model_key, model_entry, zero_shot in jobs:
@@ -206,8 +222,9 @@ def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
 
 
 def _run_on_ray(jobs: list, tokenizer_dir: Path, stream_paths: dict[str, Path], max_positions: int,
-                workers: Optional[int]) -> None:
-    """One Ray task per candidate, one CPU each; the driver only waits and shows progress."""
+                workers: Optional[int], portable_kernels: bool = False) -> None:
+    """One Ray task per candidate, one CPU each; the driver only waits and shows progress. Portable
+    builds run in workers started with PORTABLE_KERNEL_ENV (a runtime_env gets its own processes)."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -215,7 +232,10 @@ def _run_on_ray(jobs: list, tokenizer_dir: Path, stream_paths: dict[str, Path], 
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)
     task = ray.remote(num_cpus=1, max_retries=1)(build_candidate)
-    refs = {task.remote(spec, tokenizer_dir, stream_paths, entry, zero_shot, max_positions): spec.name
+    if portable_kernels:
+        task = task.options(runtime_env={"env_vars": PORTABLE_KERNEL_ENV})
+    refs = {task.remote(spec, tokenizer_dir, stream_paths, entry, zero_shot, max_positions,
+                        portable_kernels=portable_kernels): spec.name
             for spec, _, entry, zero_shot in jobs}
     try:
         with progress(total=len(refs), desc="pretraining candidates", unit="model") as bar:
