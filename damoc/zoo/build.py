@@ -30,8 +30,9 @@ GENERATION_ROWS = 32          # rows generated for the zero-shot ROUGE-L of gene
 STAGE_VERSIONS = {"zoo-tokenizer": 1, "zoo-streams": 1, "zoo-model": 1, "zoo-zeroshot": 1}
 # The same settings pretrained on two CPUs give different weights: torch dispatches its kernels to
 # the widest instruction set it finds (AVX512, AVX2, ...) and MKL picks its own code path per CPU,
-# and each rounds differently; a few hundred steps amplify that (REFERENCE; benchmarks/README,
-# rank fidelity). These pin both to code every x86-64 CPU runs alike, at about 2.3x the time.
+# and each rounds differently; a few hundred steps amplify that (benchmarks/README, rank fidelity).
+# These pin both to code paths meant to compute alike on every x86-64 CPU (checked on one CPU
+# capped to older instruction sets, not yet on a second kind of CPU), at about 2.3x the time.
 # Read when a process first dispatches, so they are set on fresh Ray workers, never in-process.
 PORTABLE_KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
@@ -142,7 +143,7 @@ def build_candidate(spec: CandidateSpec, tokenizer_dir: Path, stream_paths: dict
 def build_zoo(size: str, out: Optional[str | os.PathLike] = None, *, cache_root: Optional[str | os.PathLike] = None,
               workers: Optional[int] = None, portable_kernels: bool = False) -> Path:
     """Build (or assemble from cache) the zoo of `size`; returns its directory. With
-    `portable_kernels`, pretrain with kernels every x86-64 CPU runs alike (PORTABLE_KERNEL_ENV)."""
+    `portable_kernels`, pretrain with PORTABLE_KERNEL_ENV's pinned kernels."""
     if size not in ZOO_SIZES:
         raise DamocError(f"unknown zoo size '{size}' (sizes: {', '.join(ZOO_SIZES)})")
     settings = ZOO_SIZES[size]
