@@ -131,19 +131,90 @@ def _trial(params: dict, jobs: dict, cluster: dict, storage: str) -> None:
         tune.report(failure_metrics(message))
 
 
-def _scheduler(config: RunConfig, use_scheduler: bool):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+def _scheduler(config: RunConfig, use_scheduler: bool, prior: Optional[dict[str, dict[int, float]]] = None):
+    """The trials' scheduler. `prior`: rung results of this selection's trials read from the cache
+    ({candidate: {budget: halving loss}}), which the halving of the trials run now must see."""
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
 
     es = config.ranking.early_stopping
     if not use_scheduler or es.scheduler == "none" or es.rungs < 2:
         return FIFOScheduler()
     max_t = es.reduction_factor ** (es.rungs - 1)
-    grace = es.reduction_factor ** (min(es.grace, es.rungs) - 1)
     if es.scheduler == "hyperband":
         return HyperBandScheduler(time_attr="budget", max_t=max_t, reduction_factor=es.reduction_factor,
                                   stop_last_trials=False)
-    return ASHAScheduler(time_attr="budget", max_t=max_t, grace_period=grace, reduction_factor=es.reduction_factor,
-                         stop_last_trials=False)
+    milestones = [es.reduction_factor ** k for k in range(min(es.grace, es.rungs) - 1, es.rungs)]
+    return async_halving(milestones, es.reduction_factor, prior or {})
+
+
+def async_halving(milestones: list[int], reduction_factor: int, prior: dict[str, dict[int, float]]):
+    """Asynchronous successive halving (ASHA, Li et al. 2020) on the trials' `budget` and
+    `halving_loss` (lower is better), decided as Ray's ASHAScheduler decides (brackets=1,
+    stop_last_trials=False; tests/test_halving.py checks the two agree), with one addition Ray's
+    lacks: rung results recorded before the run (`prior`, by candidate). A selection resumed after a
+    crash, or re-run with a candidate added, runs only its unfinished trials; without their cached
+    siblings' results Ray's scheduler would judge them against each other alone, and the first to
+    reach a rung would always go on (it is compared with nothing)."""
+    import numpy as np
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class AsyncHalving(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.milestones = sorted(milestones, reverse=True)
+            self.recorded: dict[int, dict[str, float]] = {m: {} for m in self.milestones}
+            for name, losses in prior.items():
+                for budget, loss in losses.items():
+                    if budget in self.recorded:
+                        self.recorded[budget][name] = loss
+
+        def judge(self, trial, result: dict) -> str:
+            budget, loss = result.get("budget"), result.get("halving_loss")
+            if budget is None or loss is None:
+                return TrialScheduler.CONTINUE
+            name = trial.config["candidate"]
+            # Judged once per rung, at the deepest rung its budget has reached.
+            milestone = next((m for m in self.milestones if budget >= m), None)
+            if milestone is None or name in self.recorded[milestone]:
+                return TrialScheduler.CONTINUE
+            others = list(self.recorded[milestone].values())
+            self.recorded[milestone][name] = loss
+            # Stop unless it is in the best 1/rf of the losses recorded at this rung so far.
+            if others and loss > np.nanpercentile(others, 100 / reduction_factor):
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+        def on_trial_result(self, tune_controller, trial, result):
+            return self.judge(trial, result)
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            if result:
+                self.judge(trial, result)
+
+        def debug_string(self) -> str:
+            return "damoc async successive halving: " + " | ".join(
+                f"budget {m}: {len(r)} recorded" for m, r in self.recorded.items())
+
+    return AsyncHalving()
+
+
+def prior_rungs(outcomes: dict[str, TrialOutcome], halving: str) -> dict[str, dict[int, float]]:
+    """{candidate: {budget: halving loss}} of cached trials, from their stored rung history (the
+    validation `halving` metric, negated when higher is better, as with_halving_loss reports it)."""
+    from damoc.trials import METRICS
+
+    out: dict[str, dict[int, float]] = {}
+    for name, outcome in outcomes.items():
+        if outcome.status not in ("completed", "stopped_early"):
+            continue
+        rungs = {}
+        for row in outcome.history:
+            value = row.get(f"val_{halving}")
+            if isinstance(row.get("budget"), (int, float)) and row["budget"] > 0 and isinstance(value, (int, float)):
+                rungs[int(row["budget"])] = -value if METRICS[halving] else value
+        if rungs:
+            out[name] = rungs
+    return out
 
 
 def _max_concurrent(config: RunConfig, per_trial_cpus: float, n: int) -> int:
@@ -201,6 +272,15 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         log.info("%s: %d trial(s) cached: %s", name, len(outcomes), ", ".join(outcomes))
     if not pending:
         return outcomes
+    es = config.ranking.early_stopping
+    prior = {}
+    if use_scheduler and es.scheduler != "none" and es.rungs >= 2 and outcomes:
+        if es.scheduler == "hyperband":
+            log.warning("%s: HyperBand halves the %d trial(s) run now among themselves only; the %d cached "
+                        "trial(s) do not enter its brackets (early_stopping.scheduler: asha does)",
+                        name, len(pending), len(outcomes))
+        else:
+            prior = prior_rungs(outcomes, pending[0].settings.get("halving_metric", "eval_loss"))
 
     cluster = config.cluster.model_dump()
     per_trial_cpus = float(cluster["cpus_per_worker"])
@@ -226,7 +306,7 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         trainable,
         param_space={"candidate": tune.grid_search([job.name for job in pending])},
         # `halving_loss`: the validation metric the halving compares, lower is better (with_halving_loss).
-        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=_scheduler(config, use_scheduler),
+        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=_scheduler(config, use_scheduler, prior),
                                     # In-process trials only: a reused actor stays alive, and Ray Train's
                                     # placement-group cleaner frees a stopped trial's workers only when
                                     # the actor that owns its controller is gone (the next trial would

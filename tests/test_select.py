@@ -172,6 +172,31 @@ def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypa
     assert second["ranking"] == first["ranking"]
 
 
+def test_a_candidate_added_later_is_halved_against_the_cached_ones(micro_zoo, tmp_path):
+    """Adding a candidate to a selection runs only its trial; successive halving judges it against
+    the cached trials' rung results. (Ray's ASHA alone would compare it with nothing, and it would
+    complete whatever its loss.) micro-llama-deep-domain has the worst first-rung loss of the four."""
+    from damoc.pipeline import run_select
+
+    cache = tmp_path / "cache"       # its own stage cache: no trial from another test's cohort
+    for run in ("three", "four"):
+        (tmp_path / run).mkdir()
+    first = [str(micro_zoo / n) for n in ("micro-qwen2-tiny-domain", "micro-phi3-mixed", "micro-gpt2-jargon")]
+    before = run_select(micro_config(tmp_path / "three", cache, "ranking.baselines=[]", candidates=first))
+    after = run_select(micro_config(tmp_path / "four", cache, "ranking.baselines=[]",
+                                    candidates=first + [str(micro_zoo / "micro-llama-deep-domain")]))
+    by_name = {c["name"]: c for c in after["candidates"]}
+    for c in before["candidates"]:
+        assert by_name[c["name"]]["cached"] is True and by_name[c["name"]]["status"] == c["status"]
+    added = by_name.pop("micro-llama-deep-domain")
+    assert added["cached"] is False
+    first_rung = {name: c["history"][0]["val_eval_loss"] for name, c in by_name.items()}
+    loss = added["history"][0]["val_eval_loss"]
+    assert loss > max(first_rung.values()), (loss, first_rung)   # the premise: it is the weakest
+    assert added["status"] == "stopped_early" and len(added["history"]) == 1
+    assert after["ranking"][-1] == "micro-llama-deep-domain"
+
+
 def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
     data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
     data["candidates"] = data["candidates"][:2]

@@ -1,0 +1,119 @@
+"""damoc's asynchronous successive halving (damoc.orchestrate.async_halving): it decides as Ray's
+ASHAScheduler does, and it also judges the trials run now against rung results recorded before
+(cached trials of the same selection). No Ray cluster: the schedulers are called directly."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from damoc.orchestrate import TrialOutcome, _scheduler, async_halving, prior_rungs
+
+CONTINUE, STOP = "CONTINUE", "STOP"
+
+
+def trial(name: str):
+    return SimpleNamespace(trial_id=f"id-{name}", config={"candidate": name})
+
+
+def result(budget, loss):
+    return {"budget": budget, "halving_loss": loss}
+
+
+def random_run(rng: random.Random, n: int, milestones: list[int]) -> list[tuple[str, int, float]]:
+    """Each trial's results at the milestones, interleaved in a random order that keeps each
+    trial's own order (as concurrent trials report); now and then a trial skips a rung's report, or
+    reports a rung again (as a restarted trial does)."""
+    queues = {}
+    for i in range(n):
+        rows = [(m, rng.uniform(1.0, 3.0)) for m in sorted(milestones) if m == max(milestones) or rng.random() > 0.15]
+        queues[f"c{i}"] = [row for row in rows for _ in range(2 if rng.random() < 0.15 else 1)]
+    events = []
+    while queues:
+        name = rng.choice(sorted(queues))
+        budget, loss = queues[name].pop(0)
+        events.append((name, budget, loss))
+        if not queues[name]:
+            del queues[name]
+    return events
+
+
+@pytest.mark.parametrize("rf,rungs,grace", [(2, 3, 1), (3, 3, 1), (2, 4, 2)])
+def test_decides_as_rays_asha_does(rf, rungs, grace):
+    """Without prior results, the same results in the same order get the same decisions as Ray's
+    ASHAScheduler (one bracket, trials not stopped at the last rung), over many random runs."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    milestones = [rf ** k for k in range(grace - 1, rungs)]
+    rng = random.Random(rf * 100 + rungs * 10 + grace)
+    stops = 0
+    for _ in range(40):
+        ray_asha = ASHAScheduler(time_attr="budget", metric="halving_loss", mode="min", max_t=rf ** (rungs - 1),
+                                 grace_period=rf ** (grace - 1), reduction_factor=rf, stop_last_trials=False)
+        ours = async_halving(milestones, rf, {})
+        events = random_run(rng, rng.randint(2, 9), milestones)
+        trials = {name: trial(name) for name, _, _ in events}
+        for t in trials.values():
+            ray_asha.on_trial_add(None, t)
+        stopped = set()
+        for name, budget, loss in events:
+            if name in stopped:
+                continue
+            theirs = ray_asha.on_trial_result(None, trials[name], result(budget, loss))
+            mine = ours.on_trial_result(None, trials[name], result(budget, loss))
+            assert mine == theirs, (name, budget, loss, events)
+            if mine == STOP:
+                stopped.add(name)
+        stops += len(stopped)
+    assert stops > 0   # the runs exercised stopping, not only promotion
+
+
+def test_trials_run_now_are_judged_against_the_cached_ones():
+    """Ray's ASHA lets the first trial to reach a rung go on, whatever its loss, since it is compared
+    with nothing: a resumed selection's unfinished trials would all pass their first rung. Seeded
+    with the cached trials' rung results, a late trial is stopped unless it is in the best half."""
+    prior = {"a": {1: 1.0, 2: 0.9, 4: 0.8}, "b": {1: 2.0, 2: 1.8}, "c": {1: 3.0}}
+    halving = async_halving([1, 2, 4], 2, prior)
+    weak, good = trial("weak"), trial("good")
+    assert halving.on_trial_result(None, weak, result(1, 2.5)) == STOP      # median of 1, 2, 3 is 2
+    assert halving.on_trial_result(None, good, result(1, 1.5)) == CONTINUE
+    assert halving.on_trial_result(None, good, result(1, 1.4)) == CONTINUE   # judged once per rung
+    assert halving.on_trial_result(None, good, result(2, 1.0)) == CONTINUE   # best half of 0.9, 1.8
+    assert halving.on_trial_result(None, good, result(4, 0.85)) == STOP      # 0.8 is better
+    # Unseeded, the same weak trial is the first at its rung and goes on.
+    assert async_halving([1, 2, 4], 2, {}).on_trial_result(None, weak, result(1, 2.5)) == CONTINUE
+    # Results without the scheduler's fields (the baselines report) never stop a trial.
+    assert halving.on_trial_result(None, trial("x"), {"status": "baselines"}) == CONTINUE
+
+
+def test_prior_rungs_read_the_halving_metric_from_cached_histories():
+    history = [{"step": 3, "budget": 1, "val_eval_loss": 2.5, "val_gold_logprob": -2.1},
+               {"step": 6, "budget": 2, "val_eval_loss": 2.25, "val_gold_logprob": -1.9}]
+    outcomes = {
+        "done": TrialOutcome("done", "completed", {}, history, cached=True),
+        "stopped": TrialOutcome("stopped", "stopped_early", {}, history[:1], cached=True),
+        "failed": TrialOutcome("failed", "failed", {}, history, cached=True),
+        "no_rungs": TrialOutcome("no_rungs", "completed", {}, [], cached=True),
+    }
+    assert prior_rungs(outcomes, "eval_loss") == {"done": {1: 2.5, 2: 2.25}, "stopped": {1: 2.5}}
+    # Higher is better for gold_logprob: the scheduler compares it negated, as trials report it.
+    assert prior_rungs(outcomes, "gold_logprob") == {"done": {1: 2.1, 2: 1.9}, "stopped": {1: 2.1}}
+
+
+def test_scheduler_choice_follows_the_config(tmp_path):
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
+
+    from damoc.config.load import validate_config
+
+    def config(**es):
+        return validate_config({"candidates": ["a"], "data": {"source": "bundled:wordnet-lexcat"},
+                                "ranking": {"early_stopping": es}, "output": {"dir": str(tmp_path)}}, "test")
+
+    asha = _scheduler(config(rungs=3, reduction_factor=3, grace=2), True, {"a": {3: 1.0, 1: 2.0}})
+    assert sorted(asha.recorded) == [3, 9] and asha.recorded[3] == {"a": 1.0}   # grace 2: from budget 3
+    assert type(_scheduler(config(rungs=3), False)) is FIFOScheduler            # the ground truth
+    assert type(_scheduler(config(scheduler="none"), True)) is FIFOScheduler
+    assert type(_scheduler(config(rungs=1), True)) is FIFOScheduler
+    assert isinstance(_scheduler(config(scheduler="hyperband"), True), HyperBandScheduler)
