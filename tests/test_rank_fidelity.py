@@ -359,5 +359,15 @@ def test_truth_seeds_flag_sets_the_seeds_the_ground_truth_is_trained_with(monkey
     assert bench.main(["--truth-seeds", "2,5", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     assert seen == {task: [2, 5] for task in bench.TASKS}
     assert json.loads(out.read_text())["config"]["profile"]["truth_seeds"] == [2, 5]
-    assert bench.PROFILES["full"]["truth_seeds"] == [0, 1]   # the profile itself is left as it was
+    assert bench.PROFILES["full"]["truth_seeds"] == [0]   # the profile itself is left as it was
     assert readme_written == [False]   # a results file other than the published one leaves the README alone
+
+
+def test_the_readme_names_the_command_that_wrote_the_results():
+    """`make bench` trains the ground truth with one seed; a results file written with other seeds
+    is labelled with the flag that reproduces it, not with `make bench`."""
+    bench = _benchmark_module()
+    assert bench._command({"config": {"profile": {"truth_seeds": [0]}}}) == \
+        "`python benchmarks/rank_fidelity.py` (`make bench`)"
+    assert bench._command({"config": {"profile": {"truth_seeds": [0, 1]}}}) == \
+        "`python benchmarks/rank_fidelity.py --truth-seeds 0,1`"
