@@ -2,6 +2,7 @@
 
     python benchmarks/halving_order.py            # both bundled tasks: seconds once `make bench` has run
     python benchmarks/halving_order.py --orders 500 --slots 2,4,8
+    python benchmarks/halving_order.py --table    # the README table, from the results file
 
 Asynchronous successive halving (ASHA, damoc's default) judges each trial when it reaches a rung,
 against the trials that reached it before: the first to arrive always goes on, a later one must be
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
+import json
 import random
 import statistics
 import sys
@@ -59,6 +61,21 @@ def no_halving_run(task: str, keep: float, prune: float, work: Path, cache: Path
     report = bench.run(cfg)
     truth = bench.truth_of(report, bench.TASKS[task]["truth_metric"])
     return cfg, report, truth
+
+
+def recorded(report: dict, milestones: list[int]) -> dict[str, dict]:
+    """What the replay needs of a selection run without halving, by candidate: its validation loss
+    and the seconds since its trial started at each rung, its trial's total seconds, its test scores."""
+    candidates = {}
+    for c in report["candidates"]:
+        history = [h for h in c["history"] if h.get("budget")]
+        if [h["budget"] for h in history] != milestones or c["status"] != "ok":
+            raise RuntimeError(f"{c['name']} ({c['status']}) reported rungs {[h['budget'] for h in history]}, "
+                               f"expected {milestones}: not a finished run without halving")
+        candidates[c["name"]] = {"losses": [h["val_eval_loss"] for h in history],
+                                 "rung_seconds": [h["elapsed_s"] for h in history],
+                                 "total_seconds": c["wall_s"]["total"], "test": c["test"]}
+    return candidates
 
 
 def trial_of(name: str):
@@ -145,15 +162,7 @@ def measure(task: str, report: dict, truth: dict, cfg: dict, orders: int, slot_c
     es = cfg["ranking"]["early_stopping"]
     rf, rungs = es.get("reduction_factor", 2), es.get("rungs", 3)
     milestones = [rf ** k for k in range(rungs)]
-    candidates = {}
-    for c in report["candidates"]:
-        history = [h for h in c["history"] if h.get("budget")]
-        if [h["budget"] for h in history] != milestones or c["status"] != "ok":
-            raise RuntimeError(f"{task}: {c['name']} ({c['status']}) reported rungs {[h['budget'] for h in history]}, "
-                               f"expected {milestones}")
-        candidates[c["name"]] = {"losses": [h["val_eval_loss"] for h in history],
-                                 "rung_seconds": [h["elapsed_s"] for h in history],
-                                 "total_seconds": c["wall_s"]["total"], "test": c["test"]}
+    candidates = recorded(report, milestones)
     metric = bench.TASKS[task]["metric"]
     listed = [c["name"] for c in report["candidates"]]
 
@@ -216,6 +225,28 @@ def parse_settings(text: str) -> list[tuple[float, float]]:
     return out
 
 
+def table(payload: dict) -> str:
+    """The results as the README's markdown table."""
+    slots = [str(s) for s in payload["config"]["slots"]]
+    head = ["task", "keep / prune", f"listed order, {slots[0]} slots: Spearman, top-1"]
+    for n in slots:
+        head.append(f"{payload['config']['orders']} random orders, {n} slots: top-1 share, Spearman median (min-max)")
+    head.append("synchronous: Spearman, top-1 (winner)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in payload["results"]:
+        listed = r["by_slots"][slots[0]]["listed"]
+        setting = f"{r['keep_ratio']:g} / {r['prune_ratio']:g}" + (" (demo)" if r["demo_setting"] else "")
+        row = [r["task"], setting, f"{listed['spearman']:.2f}, {'yes' if listed['top1_hit'] else 'no'}"]
+        for n in slots:
+            by = r["by_slots"][n]
+            sp = by["spearman"]
+            row.append(f"{by['top1_hit_share']:.0%}, {sp['median']:.2f} ({sp['min']:.2f}-{sp['max']:.2f})")
+        sync = r["synchronous"]
+        row.append(f"{sync['spearman']:.2f}, {'yes' if sync['top1_hit'] else 'no'} ({sync['ranking'][0]})")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import rank_fidelity as bench
 
@@ -230,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="stage cache (default: $DAMOC_CACHE_DIR or the user cache dir)")
     parser.add_argument("--work", help="where the run's report goes (default: runs/halving_order)")
     parser.add_argument("--out", help="results file (default: benchmarks/results/halving_order.json)")
+    parser.add_argument("--table", action="store_true", help="only print the README table from the results file")
     args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else RESULTS / "halving_order.json"
+    if args.table:
+        print(table(json.loads(out.read_text())))
+        return 0
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         slots = [int(s) for s in args.slots.split(",")]
@@ -283,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
                "config": {"tasks": tasks, "settings": settings, "orders": args.orders, "slots": slots, "seed": args.seed,
                           "runs": configs},
                "results": results}
-    out = Path(args.out) if args.out else RESULTS / "halving_order.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, payload)
     print(f"halving_order: {len(results)} tasks in {payload['seconds']:.0f} s -> {out}")
