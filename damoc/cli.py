@@ -219,13 +219,15 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
-    from damoc.report import format_table
+    from damoc.report import format_table, unjudged_note
 
     config = load_config(args.config, args.overrides)
     report = run_select(config)
     print(format_table(report))
     if report["winner"]:
         print(f"\nwinner: {report['winner']} ({report['metric']} {next(c['score'] for c in report['candidates'] if c['name'] == report['winner']):.4f})")
+        if unjudged_note(report):
+            print(f"note: {unjudged_note(report)}")
     for method, b in report["baselines"].items():
         print(f"{method} baseline would pick: {b['ranking'][0]}")
     if report.get("agreement", {}).get("damoc"):

@@ -163,6 +163,9 @@ def async_halving(milestones: list[int], reduction_factor: int, prior: dict[str,
             super().__init__()
             self.milestones = sorted(milestones, reverse=True)
             self.recorded: dict[int, dict[str, float]] = {m: {} for m in self.milestones}
+            # Each decision, by candidate: the rung, how many results it was compared with (0: it
+            # arrived first and went on unjudged) and whether it was stopped. The report shows it.
+            self.judged: dict[str, list[dict]] = {}
             for name, losses in prior.items():
                 for budget, loss in losses.items():
                     if budget in self.recorded:
@@ -180,9 +183,9 @@ def async_halving(milestones: list[int], reduction_factor: int, prior: dict[str,
             others = list(self.recorded[milestone].values())
             self.recorded[milestone][name] = loss
             # Stop unless it is in the best 1/rf of the losses recorded at this rung so far.
-            if others and loss > np.nanpercentile(others, 100 / reduction_factor):
-                return TrialScheduler.STOP
-            return TrialScheduler.CONTINUE
+            stop = bool(others) and loss > np.nanpercentile(others, 100 / reduction_factor)
+            self.judged.setdefault(name, []).append({"budget": milestone, "against": len(others), "stopped": stop})
+            return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
         def on_trial_result(self, tune_controller, trial, result):
             return self.judge(trial, result)
@@ -300,13 +303,15 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
     # Train's to handle (ray.train.FailureConfig above), so the two never restart the same loss.
     max_restarts = cluster["max_failures"]
     restarts: dict[str, int] = {}
+    scheduler = _scheduler(config, use_scheduler, prior)
+    judged = getattr(scheduler, "judged", None)     # damoc's ASHA only
     trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
                                     trial_resources)
     tuner = tune.Tuner(
         trainable,
         param_space={"candidate": tune.grid_search([job.name for job in pending])},
         # `halving_loss`: the validation metric the halving compares, lower is better (with_halving_loss).
-        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=_scheduler(config, use_scheduler, prior),
+        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=scheduler,
                                     # In-process trials only: a reused actor stays alive, and Ray Train's
                                     # placement-group cleaner frees a stopped trial's workers only when
                                     # the actor that owns its controller is gone (the next trial would
@@ -324,6 +329,10 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         candidate = result.config["candidate"]
         outcome = _outcome(candidate, result, by_name[candidate])
         outcome.restarts = restarts.get(candidate, 0)
+        if judged is not None and outcome.status in ("completed", "stopped_early"):
+            outcome.result["halving"] = judged.get(candidate, [])
+            if outcome.status == "completed":   # stored as it completed; again, with its decisions
+                write_trial_result(by_name[candidate].entry, outcome.result)
         if outcome.status == "stopped_early":
             # A stopped trial is finished too: a re-run of the same selection reuses it.
             write_trial_result(by_name[candidate].entry, {**outcome.result, "trial_status": "stopped_early",

@@ -130,6 +130,27 @@ def test_successive_halving_stops_the_weak_candidate(selection):
     assert report["cost"]["trial_stage_s"]["fine_tune"] >= wall["fine_tune"]
 
 
+def test_the_report_shows_each_halving_decision_and_a_winner_that_went_on_unjudged(selection):
+    """Trials run one at a time here, so the first listed reaches every rung first: ASHA lets it go
+    on, compared with nothing, and the report says so of whichever candidate wins that way."""
+    tmp, _, report = selection
+    by_name = {c["name"]: c for c in report["candidates"]}
+    first = by_name["micro-qwen2-tiny-domain"]
+    assert [(d["budget"], d["against"], d["stopped"]) for d in first["halving"]] == [(1, 0, False), (2, 0, False), (4, 0, False)]
+    for c in report["candidates"]:
+        if c["status"] == "failed":
+            assert c["halving"] is None
+            continue
+        decisions = c["halving"]
+        assert [d["budget"] for d in decisions] == [h["budget"] for h in c["history"]]
+        assert [d["stopped"] for d in decisions] == [False] * (len(decisions) - 1) + [c["status"] == "stopped_early"]
+    winner = by_name[report["winner"]]
+    assert report["winner_unjudged_rungs"] == [d["budget"] for d in winner["halving"] if d["against"] == 0]
+    note = "went on without comparison"
+    markdown = (tmp / "out" / "report.md").read_text()
+    assert (note in markdown) == bool(report["winner_unjudged_rungs"])
+
+
 def test_winner_configs_for_llamafactory_and_axolotl(selection):
     tmp, config, report = selection
     winner_dir = tmp / "out" / "winner"
@@ -170,6 +191,7 @@ def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypa
         assert again[name]["score"] == before["score"]
     assert not completed & set(ran)
     assert second["ranking"] == first["ranking"]
+    assert second["winner_unjudged_rungs"] == first["winner_unjudged_rungs"]   # decisions kept in the cache
 
 
 def test_a_candidate_added_later_is_halved_against_the_cached_ones(micro_zoo, tmp_path):
@@ -194,6 +216,7 @@ def test_a_candidate_added_later_is_halved_against_the_cached_ones(micro_zoo, tm
     loss = added["history"][0]["val_eval_loss"]
     assert loss > max(first_rung.values()), (loss, first_rung)   # the premise: it is the weakest
     assert added["status"] == "stopped_early" and len(added["history"]) == 1
+    assert added["halving"] == [{"budget": 1, "against": 3, "stopped": True}]   # judged against the cached three
     assert after["ranking"][-1] == "micro-llama-deep-domain"
 
 

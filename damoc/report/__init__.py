@@ -91,6 +91,8 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
             "node_id": result.get("node_id"),  # the Ray node the trial ran on (the first run's, when cached)
             "worker_nodes": result.get("worker_nodes"),  # each Ray Train worker's node, in rank order
             "curve_predicted_loss": (curves or {}).get("predicted", {}).get(name),
+            # Successive halving's decisions on it: rung budget, results compared with, stopped.
+            "halving": result.get("halving"),
             "history": outcome.history,
         }
         if truth is not None:
@@ -114,6 +116,7 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         "metric": metric, "higher_is_better": METRICS[metric],
         "candidates": candidates, "ranking": ranking,
         "winner": ranking[0] if ranking else None,
+        "winner_unjudged_rungs": _unjudged(candidates, ranking[0] if ranking else None),
         "baselines": baselines,
         "ranking_method": config.ranking.method,
         "data_compression": compression,
@@ -132,6 +135,23 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         report["agreement"] = agreement
     report["cost"] = _cost(candidates, wall, truth is not None)
     return _round(report)
+
+
+def _unjudged(candidates: list[dict], winner: Optional[str]) -> list[int]:
+    """The rung budgets at which the winner went on as the first to arrive, compared with nothing
+    (asynchronous halving): there its lead is the order trials reached the rung, not a comparison."""
+    halving = next((c.get("halving") for c in candidates if c["name"] == winner), None) or []
+    return [d["budget"] for d in halving if d["against"] == 0 and not d["stopped"]]
+
+
+def unjudged_note(report: dict) -> Optional[str]:
+    """One line for the CLI and report.md when the winner passed a rung unjudged."""
+    rungs = report.get("winner_unjudged_rungs") or []
+    if not rungs or len(report.get("ranking") or []) < 2:
+        return None
+    return (f"{report['winner']} reached the halving rung(s) at budget {', '.join(map(str, rungs))} first and went on "
+            "without comparison; another candidate order or number of concurrent trials may pick another winner "
+            "(early_stopping.scheduler: none trains every proxy fully; benchmarks/README.md, halving order)")
 
 
 def _compression_summary(compression: Optional[dict]) -> Optional[dict]:
@@ -217,6 +237,7 @@ def format_markdown(report: dict) -> str:
            + ", ".join(f"{s} {n}" for s, n in report['task']['splits'].items()) + f"). Metric: {metric} "
            + ("(higher is better)." if report["higher_is_better"] else "(lower is better)."), "",
            f"**Winner: {report['winner']}**" if report["winner"] else "**No candidate completed.**", "",
+           *([f"Note: {unjudged_note(report)}.", ""] if unjudged_note(report) else []),
            "| rank | candidate | status | " + metric + " | params | layers kept | train tokens | train FLOPs | wall s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
