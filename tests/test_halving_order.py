@@ -4,9 +4,7 @@ halving follow the rules they claim."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +15,9 @@ MILESTONES = [1, 2, 4]
 
 
 def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("halving_order")
-    finally:
-        sys.path.pop(0)
+    from conftest import load_benchmark
+
+    return load_benchmark("halving_order")
 
 
 def candidate(losses, seconds=(1.0, 2.0, 3.0), test=0.5):

@@ -82,13 +82,9 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
 
 
 def _benchmark_module():
-    import importlib
+    from conftest import load_benchmark
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("rank_fidelity")
-    finally:
-        sys.path.pop(0)
+    return load_benchmark("rank_fidelity")
 
 
 def test_try_file_is_checked_before_anything_runs(tmp_path, capsys):
