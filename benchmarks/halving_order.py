@@ -23,8 +23,9 @@ after the seconds it took in the real run, a stopped trial freeing its slot for 
 replayed run is ranked as `damoc select` ranks (`damoc.ranking.scores.proxy_ranking`) and scored
 against full fine-tuning (the rank-fidelity ground truth, seed 0, from the same cache). Replayed:
 the order of jobs/demo.yaml and `--orders` random orders, at each slot count; and synchronous
-successive halving (every candidate judged at a rung against all the others there), which no
-order changes.
+successive halving (at each rung, every candidate compared with all the others there), which no
+order changes: damoc's `sha` scheduler, which `damoc select` runs for real (its trials pause at
+each rung and resume from a checkpoint), replayed here on the same recorded results.
 
 Writes benchmarks/results/halving_order.json ({"commit", "machine", "config", "results"}).
 """
@@ -121,22 +122,18 @@ def replay(candidates: dict[str, dict], order: list[str], slots: int, milestones
 
 
 def synchronous(candidates: dict[str, dict], milestones: list[int], rf: int) -> dict[str, Outcome]:
-    """Synchronous successive halving: at each rung, every candidate still in is judged against all
-    the others there (async_halving's rule, with everyone's result already in)."""
-    import numpy as np
+    """Synchronous successive halving (`early_stopping.scheduler: sha`) on the recorded results:
+    at each rung but the last, the best max(1, n // rf) of the candidates there go on, chosen by
+    the function `damoc select` uses (damoc.orchestrate.halving_survivors); all that reach the
+    last rung finish."""
+    from damoc.orchestrate import halving_survivors
 
     alive = list(candidates)
     outcomes: dict[str, Outcome] = {}
-    for i in range(len(milestones)):
-        losses = {n: candidates[n]["losses"][i] for n in alive}
-        going = []
-        for n in alive:
-            others = [v for m, v in losses.items() if m != n]
-            if others and losses[n] > np.nanpercentile(others, 100 / rf):
-                outcomes[n] = (i + 1, False)
-            else:
-                going.append(n)
-        alive = going
+    for i in range(len(milestones) - 1):
+        keep = set(halving_survivors({n: candidates[n]["losses"][i] for n in alive}, rf))
+        outcomes.update({n: (i + 1, False) for n in alive if n not in keep})
+        alive = [n for n in alive if n in keep]
     outcomes.update({n: (len(milestones), True) for n in alive})
     return outcomes
 

@@ -1,6 +1,7 @@
 """Ray at the edge: candidate trials as Ray Tune trials, each driving a Ray Train TorchTrainer.
 
-    Tuner(grid over candidates, ASHA / HyperBand on the halving rungs)
+    Tuner(grid over candidates, ASHA / HyperBand on the halving rungs; synchronous halving: one
+          Tuner per rung over the candidates still in, each resumed from its rung record)
       -> trial: TorchTrainer(num_workers from `cluster`; 0 = local mode, in the trial's process)
            -> every worker: damoc.trials.trial.run_trial (plain code, no Ray inside)
 
@@ -132,6 +133,7 @@ def _trial(params: dict, jobs: dict, cluster: dict, storage: str) -> None:
 
 
 def _scheduler(config: RunConfig, use_scheduler: bool, prior: Optional[dict[str, dict[int, float]]] = None):
+    # (`sha`, synchronous successive halving, is not a Tune scheduler: synchronous_halving below.)
     """The trials' scheduler. `prior`: rung results of this selection's trials read from the cache
     ({candidate: {budget: halving loss}}), which the halving of the trials run now must see."""
     from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
@@ -220,6 +222,138 @@ def prior_rungs(outcomes: dict[str, TrialOutcome], halving: str) -> dict[str, di
     return out
 
 
+def halving_survivors(losses: dict[str, float], reduction_factor: int) -> list[str]:
+    """Who synchronous successive halving keeps at a rung: the best max(1, n // rf) of the n
+    candidates there, by halving loss (lower is better; NaN last; ties by name, so that the order
+    candidates are listed in never decides)."""
+    order = sorted(losses, key=lambda n: (math.isnan(losses[n]), 0.0 if math.isnan(losses[n]) else losses[n], n))
+    return order[:max(1, len(order) // reduction_factor)]
+
+
+def rung_root(job: TrialJob) -> Path:
+    """Where a trial's rung records go: beside the trial entries, under the trial's own key."""
+    return job.entry.parent.parent / f"{TRIAL_STAGE}-rungs" / job.entry.name
+
+
+def synchronous_halving(config: RunConfig, jobs: list[TrialJob], *, name: str) -> dict[str, TrialOutcome]:
+    """Synchronous successive halving (Jamieson and Talwalkar 2016; `early_stopping.scheduler: sha`).
+
+    Every candidate trains to the first rung and pauses there (a rung record: damoc.trials.rungs);
+    all of them are compared, the best max(1, n // rf) resume from their records to the next rung,
+    and so on. The candidates that reach the last rung finish and are ranked by their test scores.
+    ASHA instead judges a trial when it arrives, against those that arrived before it, so the first
+    to arrive goes on unjudged and the ranking depends on the listing order, the number of trials
+    run at once and each model's speed (benchmarks/README.md, halving order); here none of these
+    changes a decision. The price: each rung waits for its slowest candidate, and a resumed trial
+    loads its model again. Ray Tune's schedulers pause trials only through Tune checkpoints held
+    by Tune's own storage, hence rounds of plain Tune runs, one per rung, over the stage cache.
+
+    The rung records are the cache: a crashed run, a re-run, or one with a candidate added trains
+    only the slices it lacks, and every decision is taken again over all the candidates."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from damoc.trials.rungs import drop_weights, record_dir
+    from damoc.trials.trial import halving_value
+
+    es = config.ranking.early_stopping
+    rf = es.reduction_factor
+    budgets = [rf ** i for i in range(es.rungs)]
+    # Decisions at the rungs from `grace` on, all but the last: there every trial left has trained
+    # the whole budget, and its test score (what the ranking reads) costs only its evaluation.
+    judged = [i for i in range(es.rungs - 1) if i >= es.grace - 1]
+    metric = jobs[0].settings.get("halving_metric", "eval_loss") if jobs else "eval_loss"
+    roots = {job.name: rung_root(job) for job in jobs}
+    finished = {job.name: fp.read_summary(job.entry) for job in jobs if fp.is_done(job.entry)}
+    outcomes: dict[str, TrialOutcome] = {}
+    decisions: dict[str, list[dict]] = {job.name: [] for job in jobs}
+    ran: set[str] = set()
+    restarts: dict[str, int] = {}
+
+    def record(job: TrialJob, i: int) -> Path:
+        return record_dir(roots[job.name], budgets[i])
+
+    def latest(job: TrialJob, below: int) -> Optional[Path]:
+        return next((record(job, k) for k in reversed(range(below)) if fp.is_done(record(job, k))), None)
+
+    def loss_at(job: TrialJob, i: int) -> float:
+        if fp.is_done(record(job, i)):
+            return float(fp.read_summary(record(job, i))["halving_loss"])
+        row = next(h for h in finished[job.name]["history"] if h.get("budget") == budgets[i])
+        return float(halving_value(row, metric))
+
+    alive = list(jobs)
+    for i in [*judged, None]:
+        need = [job for job in alive if job.name not in finished and (i is None or not fp.is_done(record(job, i)))]
+        if need:
+            below = len(budgets) if i is None else i
+            extra = {job.name: {"pause_at_rung": i, "rung_records": str(roots[job.name]),
+                                "resume_from": str(latest(job, below)) if latest(job, below) else None} for job in need}
+            log.info("%s: synchronous halving: %s %d trial(s): %s", name,
+                     "finishing" if i is None else f"training to budget {budgets[i]}", len(need),
+                     ", ".join(job.name for job in need))
+            by_name = {job.name: job for job in need}
+            stage = "final" if i is None else f"budget{budgets[i]}"
+            for result in _fit(config, need, extra, f"{run_name(config)}-{name}-{stage}", FIFOScheduler(), restarts):
+                candidate = result.config["candidate"]
+                ran.add(candidate)
+                job = by_name[candidate]
+                outcome = _outcome(candidate, result, job)
+                if outcome.status == "completed":
+                    finished[candidate] = outcome.result
+                elif outcome.status == "failed" or i is None or not fp.is_done(record(job, i)):
+                    outcome.status = "failed"
+                    outcome.error = outcome.error or "the trial ended without reaching its rung"
+                    outcome.restarts = restarts.get(candidate, 0)
+                    outcomes[candidate] = outcome
+        alive = [job for job in alive if job.name not in outcomes]
+        if i is None:
+            break
+        losses = {job.name: loss_at(job, i) for job in alive}
+        keep = set(halving_survivors(losses, rf))
+        for job in alive:
+            decisions[job.name].append({"budget": budgets[i], "against": len(alive) - 1, "stopped": job.name not in keep})
+            for k in range(i):   # superseded: the record at this rung resumes it, or reports it
+                drop_weights(record(job, k))
+        log.info("%s: synchronous halving at budget %d: going on: %s; stopped: %s", name, budgets[i],
+                 ", ".join(sorted(keep)), ", ".join(sorted(set(losses) - keep)) or "none")
+        for job in alive:
+            if job.name not in keep:
+                outcomes[job.name] = _stopped_at(job, i, record(job, i), finished.get(job.name), budgets[i])
+        alive = [job for job in alive if job.name in keep]
+    for job in alive:
+        result = dict(finished[job.name])
+        outcomes[job.name] = TrialOutcome(job.name, "completed", result, result.get("history", []))
+        for k in range(len(budgets)):
+            drop_weights(record(job, k))
+    for candidate, outcome in outcomes.items():
+        outcome.cached = candidate not in ran
+        outcome.restarts = restarts.get(candidate, 0)
+        if outcome.status != "failed":
+            outcome.result["halving"] = decisions[candidate]
+    if not ran:
+        log.info("%s: %d trial(s) cached", name, len(outcomes))
+    return {job.name: outcomes[job.name] for job in jobs}
+
+
+STOPPED_INFO = ("baselines", "params", "architecture", "node_id", "worker_nodes", "layers", "layers_kept",
+                "proxy_params", "compression")
+
+
+def _stopped_at(job: TrialJob, i: int, record: Path, finished: Optional[dict], budget: int) -> TrialOutcome:
+    """A candidate synchronous halving stopped at rung i: what its rung record holds (or, for a
+    trial that finished in a run with fewer candidates, its result up to that rung)."""
+    if fp.is_done(record):
+        state = fp.read_summary(record)
+        info = dict(state["info"], elapsed_s=state["elapsed_s"], wall_s={**state["wall"], "total": state["elapsed_s"]})
+        return TrialOutcome(job.name, "stopped_early", info, state["history"])
+    history = [h for h in finished.get("history", []) if h.get("budget", 0) <= budget]
+    info = {k: finished[k] for k in STOPPED_INFO if k in finished}
+    spent = history[-1].get("fine_tune_s") if history else None
+    info["wall_s"] = {**{k: v for k, v in finished.get("wall_s", {}).items() if k not in ("fine_tune", "evaluate", "total")},
+                      **({"fine_tune": round(spent, 2)} if isinstance(spent, (int, float)) else {})}
+    return TrialOutcome(job.name, "stopped_early", info, history)
+
+
 def _max_concurrent(config: RunConfig, per_trial_cpus: float, n: int) -> int:
     import ray
 
@@ -260,8 +394,9 @@ def write_trial_result(entry: Path, result: dict) -> None:
 
 def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_scheduler: bool) -> dict[str, TrialOutcome]:
     """Run (or read from cache) one trial per job. Returns outcomes by candidate name."""
-    from ray import tune
-
+    es = config.ranking.early_stopping
+    if use_scheduler and es.scheduler == "sha" and es.rungs >= 2:
+        return synchronous_halving(config, jobs, name=name)
     outcomes: dict[str, TrialOutcome] = {}
     pending = []
     for job in jobs:
@@ -275,7 +410,6 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         log.info("%s: %d trial(s) cached: %s", name, len(outcomes), ", ".join(outcomes))
     if not pending:
         return outcomes
-    es = config.ranking.early_stopping
     prior = {}
     if use_scheduler and es.scheduler != "none" and es.rungs >= 2 and outcomes:
         if es.scheduler == "hyperband":
@@ -285,46 +419,11 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
         else:
             prior = prior_rungs(outcomes, pending[0].settings.get("halving_metric", "eval_loss"))
 
-    cluster = config.cluster.model_dump()
-    per_trial_cpus = float(cluster["cpus_per_worker"])
-    trial_resources = {"cpu": per_trial_cpus} if cluster["workers_per_candidate"] == 0 else {"cpu": 0.25}
-    if cluster["workers_per_candidate"] == 0 and cluster["gpus_per_worker"] > 0:
-        trial_resources["gpu"] = cluster["gpus_per_worker"]
-    if cluster["workers_per_candidate"]:
-        per_trial_cpus = 0.25 + cluster["cpus_per_worker"] * cluster["workers_per_candidate"]
-    storage = str(Path(config.cluster.storage_path or Path(config.output.dir) / "ray_results").expanduser().resolve()
-                  if "://" not in (config.cluster.storage_path or "") else config.cluster.storage_path)
-    by_name = {job.name: job for job in pending}
-    settings = {job.name: dict(job.settings, threads=max(1, int(cluster["cpus_per_worker"]))) for job in pending}
-    # Every Python error of a trial is caught inside it (run_trial_safely; a Ray Train failure in
-    # _trial), so Tune sees a trial error only when the trial's process died: its node was lost,
-    # or the OS killed it. Tune then runs it again from the start, on any node with room. For a
-    # Ray Train trial that process holds the Train controller; the loss of a worker alone is
-    # Train's to handle (ray.train.FailureConfig above), so the two never restart the same loss.
-    max_restarts = cluster["max_failures"]
-    restarts: dict[str, int] = {}
     scheduler = _scheduler(config, use_scheduler, prior)
     judged = getattr(scheduler, "judged", None)     # damoc's ASHA only
-    trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
-                                    trial_resources)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"candidate": tune.grid_search([job.name for job in pending])},
-        # `halving_loss`: the validation metric the halving compares, lower is better (with_halving_loss).
-        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=scheduler,
-                                    # In-process trials only: a reused actor stays alive, and Ray Train's
-                                    # placement-group cleaner frees a stopped trial's workers only when
-                                    # the actor that owns its controller is gone (the next trial would
-                                    # wait for workers forever).
-                                    reuse_actors=config.cluster.reuse_actors and cluster["workers_per_candidate"] == 0,
-                                    max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(pending))),
-        run_config=tune.RunConfig(name=f"{run_name(config)}-{name}", storage_path=storage, verbose=0,
-                                  callbacks=[_driver_callback(by_name, restarts, max_restarts)],
-                                  failure_config=tune.FailureConfig(max_failures=max_restarts)),
-    )
-    # Tune prints its experiment banner on stdout; stdout is for damoc's ranking table.
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if quiet() else sys.stderr):
-        grid = tuner.fit()
+    by_name = {job.name: job for job in pending}
+    restarts: dict[str, int] = {}
+    grid = _fit(config, pending, {}, f"{run_name(config)}-{name}", scheduler, restarts)
     for result in grid:
         candidate = result.config["candidate"]
         outcome = _outcome(candidate, result, by_name[candidate])
@@ -339,6 +438,52 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
                                                          "history": outcome.history})
         outcomes[candidate] = outcome
     return outcomes
+
+
+def _fit(config: RunConfig, jobs: list[TrialJob], extra: dict[str, dict], experiment: str, scheduler,
+         restarts: dict[str, int]):
+    """One Tune run of `jobs` (each job's settings updated with `extra[job.name]`). Returns Tune's
+    result grid; `restarts` counts the trials Tune restarted."""
+    from ray import tune
+
+    cluster = config.cluster.model_dump()
+    per_trial_cpus = float(cluster["cpus_per_worker"])
+    trial_resources = {"cpu": per_trial_cpus} if cluster["workers_per_candidate"] == 0 else {"cpu": 0.25}
+    if cluster["workers_per_candidate"] == 0 and cluster["gpus_per_worker"] > 0:
+        trial_resources["gpu"] = cluster["gpus_per_worker"]
+    if cluster["workers_per_candidate"]:
+        per_trial_cpus = 0.25 + cluster["cpus_per_worker"] * cluster["workers_per_candidate"]
+    storage = str(Path(config.cluster.storage_path or Path(config.output.dir) / "ray_results").expanduser().resolve()
+                  if "://" not in (config.cluster.storage_path or "") else config.cluster.storage_path)
+    by_name = {job.name: job for job in jobs}
+    settings = {job.name: dict(job.settings, threads=max(1, int(cluster["cpus_per_worker"])), **extra.get(job.name, {}))
+                for job in jobs}
+    # Every Python error of a trial is caught inside it (run_trial_safely; a Ray Train failure in
+    # _trial), so Tune sees a trial error only when the trial's process died: its node was lost,
+    # or the OS killed it. Tune then runs it again from the start, on any node with room. For a
+    # Ray Train trial that process holds the Train controller; the loss of a worker alone is
+    # Train's to handle (ray.train.FailureConfig above), so the two never restart the same loss.
+    max_restarts = cluster["max_failures"]
+    trainable = tune.with_resources(tune.with_parameters(_trial, jobs=settings, cluster=cluster, storage=storage),
+                                    trial_resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"candidate": tune.grid_search([job.name for job in jobs])},
+        # `halving_loss`: the validation metric the halving compares, lower is better (with_halving_loss).
+        tune_config=tune.TuneConfig(metric="halving_loss", mode="min", scheduler=scheduler,
+                                    # In-process trials only: a reused actor stays alive, and Ray Train's
+                                    # placement-group cleaner frees a stopped trial's workers only when
+                                    # the actor that owns its controller is gone (the next trial would
+                                    # wait for workers forever).
+                                    reuse_actors=config.cluster.reuse_actors and cluster["workers_per_candidate"] == 0,
+                                    max_concurrent_trials=_max_concurrent(config, per_trial_cpus, len(jobs))),
+        run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=0,
+                                  callbacks=[_driver_callback(by_name, restarts, max_restarts)],
+                                  failure_config=tune.FailureConfig(max_failures=max_restarts)),
+    )
+    # Tune prints its experiment banner on stdout; stdout is for damoc's ranking table.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if quiet() else sys.stderr):
+        return tuner.fit()
 
 
 def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:

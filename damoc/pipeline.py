@@ -50,6 +50,15 @@ def check_supported(config: RunConfig) -> None:
                           f"{config.ranking.early_stopping.rungs}): a curve is fitted through the rung evaluations")
     if config.ranking.metric != "auto":  # `auto` needs the task's type: checked once the data is loaded
         halving_metric(config)
+    if config.ranking.early_stopping.scheduler == "sha":
+        for candidate in config.candidates:
+            training = config.training_for(candidate)
+            if resolve_deepspeed(training.deepspeed, method=training.method, workers=config.cluster.workers_per_candidate,
+                                 gpus_per_worker=config.cluster.gpus_per_worker):
+                raise ConfigError(f"ranking.early_stopping.scheduler 'sha' pauses every trial at each rung, which "
+                                  f"damoc cannot do for DeepSpeed trials yet (candidate {candidate.display_name}: "
+                                  f"training.deepspeed resolves to {training.deepspeed!r}); use scheduler asha, or "
+                                  f"training.deepspeed: null")
 
 
 # ------------------------------------------------------------------------------ data

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from damoc.orchestrate import TrialOutcome, _scheduler, async_halving, prior_rungs
+from damoc.orchestrate import TrialOutcome, _scheduler, async_halving, halving_survivors, prior_rungs
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 
@@ -117,3 +117,19 @@ def test_scheduler_choice_follows_the_config(tmp_path):
     assert type(_scheduler(config(scheduler="none"), True)) is FIFOScheduler
     assert type(_scheduler(config(rungs=1), True)) is FIFOScheduler
     assert isinstance(_scheduler(config(scheduler="hyperband"), True), HyperBandScheduler)
+
+
+def test_synchronous_halving_keeps_the_best_share_whatever_the_listing_order():
+    """scheduler: sha decides at a rung over all the candidates there: the best max(1, n // rf) by
+    halving loss, ties broken by name and a NaN (a rung that measured nothing) last, so neither the
+    listing order nor the arrival order can change who goes on."""
+    import itertools
+
+    losses = {"a": 0.5, "b": 0.2, "c": float("nan"), "d": 0.9, "e": 0.2}
+    for order in itertools.permutations(losses):
+        assert halving_survivors({n: losses[n] for n in order}, 2) == ["b", "e"]
+    assert halving_survivors({n: losses[n] for n in "abcd"}, 2) == ["b", "a"]
+    assert halving_survivors(losses, 3) == ["b"] and halving_survivors({"c": float("nan"), "d": 9.0}, 2) == ["d"]
+    assert halving_survivors({"only": 1.0}, 2) == ["only"]   # one candidate left always goes on
+    eight = {f"m{i}": float(i) for i in range(8)}
+    assert halving_survivors(eight, 2) == ["m0", "m1", "m2", "m3"] and halving_survivors(eight, 3) == ["m0", "m1"]

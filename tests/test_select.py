@@ -176,13 +176,13 @@ def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypa
     _, config, first = selection
     completed = {c["name"] for c in first["candidates"] if c["status"] in ("ok", "stopped_early")}
     ran = []
-    real = orchestrate._trial
+    real = orchestrate._fit
 
-    def spy(params, **kwargs):
-        ran.append(params["candidate"])
-        return real(params, **kwargs)
+    def spy(config, jobs, *args):   # on the driver: the trials a Tune run is given
+        ran.extend(job.name for job in jobs)
+        return real(config, jobs, *args)
 
-    monkeypatch.setattr(orchestrate, "_trial", spy)
+    monkeypatch.setattr(orchestrate, "_fit", spy)
     second = run_select(config.model_copy(update={"output": config.output.model_copy(update={"dir": str(tmp_path / "again")})}))
     again = {c["name"]: c for c in second["candidates"]}
     for name in completed:
@@ -255,6 +255,12 @@ def test_unsupported_or_bad_settings_exit_2_before_any_work(micro_zoo_cache, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_synchronous_halving_of_deepspeed_trials_exits_2_before_any_work(micro_zoo_cache, tmp_path, cli):
+    code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
+                         f"output.cache_dir={micro_zoo_cache}", "ranking.early_stopping.scheduler=sha",
+                         "training.deepspeed=zero2")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "scheduler 'sha'" in err and "DeepSpeed" in err and "micro-qwen2-tiny-domain" in err
 def test_pruned_proxies_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path):
     """Pruning and merging run inside each candidate's trial, on its compressed training rows; the
     pruned checkpoint is cached and reused when the trial itself must re-run."""
@@ -346,6 +352,60 @@ def test_curve_ranking_needs_three_rungs(micro_zoo_cache, tmp_path, cli):
     code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
                          f"output.cache_dir={micro_zoo_cache}", "ranking.method=curve", "ranking.early_stopping.rungs=2")
     assert code == 2 and "needs at least 3 rungs" in err and not (tmp_path / "out").exists()
+
+
+
+def test_synchronous_halving_decides_the_same_in_any_order_and_after_a_candidate_is_added(micro_zoo, tmp_path, monkeypatch):
+    """scheduler: sha. One run of four candidates, listed backwards with two trials at a time;
+    another of three, listed forwards one at a time, then the fourth added to it, in its stage
+    cache. The decisions, statuses, scores and ranking are the same, and the added run trains only
+    the slices it lacks: the new candidate's, and those of a candidate that four make room for at
+    the first rung (keep 4 // 2 = 2, against 3 // 2 = 1) which resumes from its rung record."""
+    from damoc import orchestrate
+    from damoc.pipeline import run_select
+
+    names = ["micro-qwen2-tiny-domain", "micro-phi3-mixed", "micro-gpt2-jargon", "micro-mistral-wide-code"]
+    paths = [str(micro_zoo / n) for n in names]
+    sha = ("ranking.early_stopping.scheduler=sha", "ranking.baselines=[zero_shot]", "model_compression.prune_ratio=0.25")
+    for run in ("backwards", "three", "four"):
+        (tmp_path / run).mkdir()
+    backwards = run_select(micro_config(tmp_path / "backwards", tmp_path / "cache-b", *sha,
+                                        "cluster.max_concurrent_trials=2", candidates=paths[::-1]))
+    three = run_select(micro_config(tmp_path / "three", tmp_path / "cache-a", *sha,
+                                    "cluster.max_concurrent_trials=1", candidates=paths[:3]))
+    ran = []
+    real = orchestrate._fit
+
+    def spy(config, jobs, extra, *args):   # on the driver: the trials each Tune run is given
+        ran.extend((job.name, extra[job.name]["pause_at_rung"], extra[job.name]["resume_from"]) for job in jobs)
+        return real(config, jobs, extra, *args)
+
+    monkeypatch.setattr(orchestrate, "_fit", spy)
+    four = run_select(micro_config(tmp_path / "four", tmp_path / "cache-a", *sha,
+                                   "cluster.max_concurrent_trials=1", candidates=paths))
+
+    def decided(report):
+        return {c["name"]: (c["status"], c["score"], c["score_on"], json.dumps(c["halving"]),
+                            [h["val_eval_loss"] for h in c["history"]]) for c in report["candidates"]}
+
+    assert four["ranking"] == backwards["ranking"] and decided(four) == decided(backwards)
+    statuses = [c["status"] for c in four["candidates"]]
+    assert statuses.count("ok") == 1 and statuses.count("stopped_early") == 3
+    for c in four["candidates"]:   # judged against all the others at every rung it reached
+        assert [(d["budget"], d["against"]) for d in c["halving"]] == [(1, 3), (2, 1)][:len(c["halving"])]
+    assert four["winner_unjudged_rungs"] == []
+    # Three candidates: only the best goes on at the first rung; four: two do.
+    assert [len(c["halving"]) for c in three["candidates"]].count(1) == 2
+    assert [len(c["halving"]) for c in four["candidates"]].count(1) == 2
+    revived = {c["name"] for c in four["candidates"] if len(c["halving"]) == 2} - \
+        {c["name"] for c in three["candidates"] if len(c["halving"]) == 2}
+    trained = {name for name, _, _ in ran}
+    assert trained == {"micro-mistral-wide-code"} | revived
+    for name, rung, resume in ran:
+        if name in revived - {"micro-mistral-wide-code"}:
+            assert rung == 1 and resume.endswith("budget-1")   # from its record, not from the start
+    by_name = {c["name"]: c for c in four["candidates"]}
+    assert all(by_name[n]["cached"] for n in names if n not in trained)
 
 
 # ------------------------------------------------------------------------- the trial alone
@@ -494,3 +554,44 @@ def test_generation_trial_scores_rouge_and_bertscore(micro_zoo, tmp_path):
     test = result["test"]
     assert 0 <= test["rouge_l"] <= 1 and 0 <= test["bertscore"] <= 1 and test["eval_loss"] > 0
     assert "accuracy" not in test
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_trial_paused_at_each_rung_and_resumed_trains_as_one_that_never_stopped(micro_zoo, small_data, tmp_path, method):
+    """Synchronous successive halving runs a trial in slices, one per rung, each resumed from the
+    last one's rung record (weights, optimizer, random state, data position). Dropout is on, so a
+    lost random state would show."""
+    from damoc.trials.rungs import OPTIMIZER, WEIGHTS, record_dir
+
+    settings = dict(trial_settings(str(micro_zoo / "micro-phi3-mixed"), small_data, method=method, max_steps=8),
+                    rungs=3, rung_records=str(tmp_path / "rungs"))
+    if method == "lora":
+        settings["training"]["lora"]["dropout"] = 0.1
+    whole = []
+    expected = run_trial(settings, whole.append)
+    sliced, previous = [], None
+    for rung in (0, 1, None):
+        reports = []
+        result = run_trial(dict(settings, pause_at_rung=rung, resume_from=previous), reports.append)
+        sliced.append((reports, result))
+        if rung is not None:
+            assert result["status"] == "paused" and reports[-1]["status"] == "paused"
+            previous = str(record_dir(tmp_path / "rungs", 2 ** rung))
+            assert (Path(previous) / WEIGHTS).is_file() and (Path(previous) / OPTIMIZER).is_file()
+    final = sliced[-1][1]
+    assert final["status"] == "ok" and final["steps"] == expected["steps"] == 8
+    assert [h["step"] for h in final["history"]] == [h["step"] for h in expected["history"]] == [2, 4, 8]
+    for got, want in zip(final["history"], expected["history"]):
+        assert got["val_eval_loss"] == pytest.approx(want["val_eval_loss"], rel=1e-5, abs=1e-6)
+        assert got["train_tokens"] == want["train_tokens"]
+    assert final["train_tokens"] == expected["train_tokens"] and final["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    assert final["test"]["accuracy"] == expected["test"]["accuracy"]
+    assert final["test"]["eval_loss"] == pytest.approx(expected["test"]["eval_loss"], rel=1e-5)
+    # The baselines ran once, in the first slice; the costs add up over the slices.
+    assert [r["status"] for r in sliced[0][0]] == ["baselines", "running", "paused"]
+    from damoc import fingerprint as fp
+
+    first = fp.read_summary(record_dir(tmp_path / "rungs", 1))
+    assert final["baselines"] == expected["baselines"]
+    assert final["wall_s"]["baselines"] == first["wall"]["baselines"] > 0   # evaluated once, in the first slice
+    assert final["wall_s"]["fine_tune"] > max(h["fine_tune_s"] for h in final["history"][:2]) > 0

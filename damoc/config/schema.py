@@ -219,7 +219,7 @@ class CandidateConfig(Section):
 
 # ------------------------------------------------------------------------- ranking / cluster / out
 class EarlyStoppingConfig(Section):
-    scheduler: Literal["asha", "hyperband", "none"] = Field("asha", description="Successive halving (ASHA), synchronous HyperBand, or none.")
+    scheduler: Literal["asha", "sha", "hyperband", "none"] = Field("asha", description="Asynchronous successive halving (ASHA: a trial is judged when it reaches a rung, against those there before it; the first to arrive goes on unjudged), synchronous successive halving (`sha`: every candidate trains to a rung and pauses, all are compared, the best 1/rf resume from their rung records; no listing order, trial concurrency or model speed changes a decision), HyperBand (Tune's brackets), or none.")
     budget: Literal["steps"] = Field("steps", description="What the halving rungs measure: optimizer steps of the proxy's fine-tuning.")
     rungs: int = Field(3, ge=1, description="Evaluations per trial, at training budgets total/rf^(rungs-1), ..., total/rf, total.")
     reduction_factor: int = Field(2, ge=2, description="Keep 1/reduction_factor of the candidates at each rung (rf).")

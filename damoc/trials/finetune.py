@@ -133,11 +133,18 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
              fmt: Optional[PromptFormat] = None, engine: Optional[Engine] = None, rank: int = 0, world_size: int = 1,
              bf16: bool = False, eval_steps: Sequence[int] = (),
              on_eval: Optional[Callable[[int, dict], None]] = None,
-             on_step: Optional[Callable[[int, float], None]] = None) -> dict:
+             on_step: Optional[Callable[[int, float], None]] = None,
+             stop_step: Optional[int] = None, resume: Optional[dict] = None) -> dict:
     """Fine-tune `model` in place on `records` (this worker trains on its shard rank::world_size).
 
     `on_eval(step, progress)` runs after each optimizer step listed in `eval_steps`, with the
-    progress so far (steps, tokens, recent loss). Returns the final progress and seconds."""
+    progress so far (steps, tokens, recent loss). Returns the final progress and seconds.
+
+    A run can pause and resume (synchronous successive halving pauses every trial at a rung):
+    `stop_step` ends it after that optimizer step, and the returned progress then carries `resume`
+    (the step, tokens, recent losses and random state). Passed back as `resume`, with the model's
+    and optimizer's state restored by the caller, the run continues with the same data order,
+    learning-rate schedule and dropout as one that never stopped."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -162,8 +169,14 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
     evals = set(eval_steps)
     by_mask = keeps_logits_by_mask(engine.model)
     engine.model.train()
-    tokens, losses = 0, []
-    for step in progress(range(steps), desc="fine-tuning", unit="step"):
+    tokens, losses, first = 0, [], 0
+    if resume:
+        first, tokens, losses = resume["step"], resume["tokens"], list(resume["losses"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(resume["cuda_rng"])
+    last = min(steps, stop_step) if stop_step else steps
+    for step in progress(range(first, last), desc="fine-tuning", unit="step"):
         engine.set_lr(learning_rate * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for micro in range(gradient_accumulation_steps):
             start = (step * gradient_accumulation_steps + micro) * batch_size
@@ -185,10 +198,17 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
             on_eval(step + 1, _progress(step + 1, tokens, losses, started))
             engine.model.train()
     engine.model.eval()
+    if last < steps:
+        return {**_progress(last, tokens, losses, started),
+                "resume": {"step": last, "tokens": tokens, "losses": losses[-RECENT:], "torch_rng": torch.get_rng_state(),
+                           "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}}
     return _progress(steps, tokens, losses, started)
 
 
+RECENT = 20   # micro-batch losses whose mean is reported as the training loss
+
+
 def _progress(steps: int, tokens: int, losses: list[float], started: float) -> dict:
-    recent = losses[-20:] or [float("nan")]
+    recent = losses[-RECENT:] or [float("nan")]
     return {"steps": steps, "train_tokens": tokens, "train_loss": sum(recent) / len(recent),
             "seconds": round(time.perf_counter() - started, 2)}

@@ -40,14 +40,16 @@ def with_halving_loss(report: Report, metric: str) -> Report:
     (one of RUNG_METRICS), negated when higher is better. The scheduler compares it (one name and
     one mode whatever the metric); a result without the metric (another rank, a failure, the
     baselines) carries FAILED_LOSS."""
-    higher = METRICS[metric]
-
     def send(metrics: dict) -> None:
-        value = metrics.get(f"val_{metric}")
-        loss = FAILED_LOSS if value is None else -value if higher else value
-        report({**metrics, "halving_loss": loss})
+        report({**metrics, "halving_loss": halving_value(metrics, metric)})
 
     return send
+
+
+def halving_value(metrics: dict, metric: str) -> float:
+    """The validation `metric` of a result as the halving compares it: lower is better."""
+    value = metrics.get(f"val_{metric}")
+    return FAILED_LOSS if value is None else -value if METRICS[metric] else value
 
 
 def node_id() -> str | None:
@@ -192,16 +194,25 @@ def _compressed_model(model, tokenizer, settings: dict, train: list, fmt, traini
 
 
 def run_trial(settings: dict, report: Report) -> dict:
-    """Run one candidate's trial. Returns the result (rank 0), or {} on other ranks."""
+    """Run one candidate's trial. Returns the result (rank 0), or {} on other ranks.
+
+    Under synchronous successive halving the orchestrator runs it in slices: `pause_at_rung` (a
+    rung index) ends this run at that rung with a rung record under `rung_records`, and
+    `resume_from` (a record) starts it where that record left off; see damoc.trials.rungs."""
     import torch
 
+    from damoc import fingerprint as fp
     from damoc.models.load import CandidateError, load_candidate
     from damoc.trials.evaluate import evaluate_records
     from damoc.trials.finetune import finetune, optimizer_steps
     from damoc.trials.prompts import PromptFormat
+    from damoc.trials.rungs import RungStateError, load_record
 
     started = time.perf_counter()
     rank, world = _dist()
+    pause_at, resume_from = settings.get("pause_at_rung"), settings.get("resume_from")
+    # A resumed slice: the baselines, the rung history and the costs of the slices before it.
+    before = fp.read_summary(resume_from) if resume_from else None
     report = with_halving_loss(report, settings.get("halving_metric", "eval_loss"))
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
@@ -248,7 +259,9 @@ def run_trial(settings: dict, report: Report) -> dict:
 
     params = sum(p.numel() for p in model.parameters())
     result.update(params=params, architecture=type(model).__name__)
-    if rank == 0 and settings.get("baselines"):
+    if before is not None:
+        result["baselines"] = before["info"].get("baselines", {})
+    elif rank == 0 and settings.get("baselines"):
         t = time.perf_counter()
         baselines = {}
         if "zero_shot" in settings["baselines"]:
@@ -276,6 +289,9 @@ def run_trial(settings: dict, report: Report) -> dict:
     result.update(layers=compression["layers"], layers_kept=compression["layers_kept"], compression=compression,
                   proxy_params=sum(p.numel() for p in model.parameters()))
     if training["method"] == "lora":
+        # The adapters' random init from the trial's seed, not from whatever this process (a reused
+        # actor, a test) drew before: the same trial gives the same proxy wherever it runs.
+        torch.manual_seed(training["seed"])
         try:
             model = _apply_lora(model, training["lora"])
         except ValueError as e:  # e.g. target modules not found in this architecture
@@ -287,20 +303,25 @@ def run_trial(settings: dict, report: Report) -> dict:
                             max_steps=training["max_steps"])
     rf = settings["reduction_factor"]
     rungs = rung_steps(steps, settings["rungs"], rf)
-    history: list[dict] = []
+    history: list[dict] = list(before["history"]) if before else []
+    fine_tune_before = before["wall"].get("fine_tune", 0.0) if before else 0.0
+    elapsed_before = before["elapsed_s"] if before else 0.0
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - started
 
     def on_eval(step: int, progress: dict) -> None:
         # `budget` is the scheduler's clock: rf^i at the i-th rung, whatever the candidate's steps.
         budget = rf ** next(i for i, s in enumerate(rungs) if s >= step)
         metrics: dict = {"step": step, "budget": budget, "status": "running", "train_loss": progress["train_loss"],
                          "train_tokens": progress["train_tokens"] * world, "val_eval_loss": FAILED_LOSS,
-                         "elapsed_s": time.perf_counter() - started}
+                         "elapsed_s": elapsed()}
         if rank == 0:
             scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False, **evaluate)
             metrics.update({f"val_{k}": v for k, v in scores.items() if k != "rows"})
             # Fine-tuning seconds so far (rung evaluations included, as in a finished trial's
             # `fine_tune`), so that a trial the scheduler stops still accounts for its training time.
-            metrics["fine_tune_s"] = time.perf_counter() - t_fine_tune
+            metrics["fine_tune_s"] = fine_tune_before + time.perf_counter() - t_fine_tune
             if not history:  # so that a trial the scheduler stops still shows its compression and timings
                 info = {k: result[k] for k in ("layers", "layers_kept", "proxy_params", "compression")}
                 info["wall_s_before_fine_tune"] = {k: round(v, 2) for k, v in wall.items()}
@@ -312,6 +333,13 @@ def run_trial(settings: dict, report: Report) -> dict:
     t = t_fine_tune = time.perf_counter()
     try:
         engine = _engine(model, training, bf16, world)
+        resume = None
+        if (pause_at is not None or resume_from) and hasattr(engine, "ds"):
+            return fail("synchronous successive halving cannot pause a DeepSpeed trial (training.deepspeed); "
+                        "use ranking.early_stopping.scheduler asha")
+        if resume_from:
+            _, rng = load_record(resume_from, model, engine.optimizer, device, rank)
+            resume = {**rng, "step": before["step"], "tokens": before["tokens"], "losses": before["recent_losses"]}
         progress = finetune(model, tokenizer, train, learning_rate=training["learning_rate"], epochs=training["epochs"],
                             batch_size=training["batch_size"],
                             gradient_accumulation_steps=training["gradient_accumulation_steps"],
@@ -319,7 +347,10 @@ def run_trial(settings: dict, report: Report) -> dict:
                             loss_on=training["loss_on"], packing=training["packing"],
                             warmup_ratio=training["warmup_ratio"], weight_decay=training["weight_decay"],
                             seed=training["seed"], fmt=fmt, engine=engine, rank=rank, world_size=world, bf16=bf16,
-                            eval_steps=rungs, on_eval=on_eval)
+                            eval_steps=rungs, on_eval=on_eval,
+                            stop_step=rungs[pause_at] if pause_at is not None else None, resume=resume)
+    except RungStateError as e:
+        return fail(f"cannot resume from its rung record: {e}")
     except FloatingPointError as e:
         return fail(f"training diverged: {e}")
     except torch.OutOfMemoryError as e:
@@ -327,6 +358,11 @@ def run_trial(settings: dict, report: Report) -> dict:
     wall["fine_tune"] = time.perf_counter() - t
     if progress["steps"] < 1 or progress["train_tokens"] == 0:
         return fail("fine-tuning ran no optimizer step")
+    # This slice's stages, added to the slices' before it: a resumed trial pays its loading again.
+    wall = {k: (before["wall"].get(k, 0.0) if before else 0.0) + wall.get(k, 0.0)
+            for k in dict.fromkeys([*(before["wall"] if before else {}), *wall]) if k != "total"}
+    if "resume" in progress:
+        return _pause(settings, progress, history, result, wall, elapsed(), model, engine, rank, world, rf, report)
 
     train_tokens = progress["train_tokens"] * world
     result.update(engine=type(engine).__name__, workers=world,
@@ -338,7 +374,7 @@ def run_trial(settings: dict, report: Report) -> dict:
         t = time.perf_counter()
         result["test"] = evaluate_records(model, tokenizer, test, task_type, fmt=fmt, **evaluate)
         wall["evaluate"] = time.perf_counter() - t
-    wall["total"] = time.perf_counter() - started
+    wall["total"] = elapsed()
     result["wall_s"] = {k: round(v, 2) for k, v in wall.items()}
     final = {"step": progress["steps"], "budget": rf ** (len(rungs) - 1), "status": "completed",
              "train_loss": progress["train_loss"], "train_tokens": train_tokens,
@@ -349,6 +385,35 @@ def run_trial(settings: dict, report: Report) -> dict:
         final["result_json"] = json.dumps(result, default=_json_default)
     report(final)
     return result if rank == 0 else {}
+
+
+def _pause(settings: dict, progress: dict, history: list[dict], result: dict, wall: dict, elapsed: float, model,
+           engine, rank: int, world: int, rf: int, report: Report) -> dict:
+    """End a slice at its rung: write the rung record (rank 0, with every worker's random state)
+    and report the pause. The rung's scores were reported by its evaluation."""
+    from damoc.trials.rungs import record_dir, save_record
+
+    state = progress["resume"]
+    rng = {"torch_rng": state["torch_rng"], "cuda_rng": state["cuda_rng"]}
+    rngs = [rng] * world
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_gather_object(rngs, rng)
+    budget = rf ** settings["pause_at_rung"]
+    if rank == 0:
+        metric = settings.get("halving_metric", "eval_loss")
+        info = {k: result[k] for k in ("baselines", "params", "architecture", "node_id", "worker_nodes", "layers",
+                                       "layers_kept", "proxy_params", "compression") if k in result}
+        save_record(record_dir(settings["rung_records"], budget), model, engine.optimizer, {
+            "candidate": settings["candidate"]["name"], "step": state["step"], "budget": budget,
+            "halving_loss": halving_value(history[-1], metric), "history": history, "tokens": state["tokens"],
+            "recent_losses": state["losses"], "info": json.loads(json.dumps(info, default=_json_default)),
+            "wall": {k: round(v, 2) for k, v in wall.items()}, "elapsed_s": round(elapsed, 2)}, rngs)
+    report({"step": state["step"], "budget": budget, "status": "paused", "train_loss": progress["train_loss"],
+            **({k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {})})
+    return {"name": settings["candidate"]["name"], "mode": settings["mode"], "status": "paused", "budget": budget} \
+        if rank == 0 else {}
 
 
 def _json_default(obj):
