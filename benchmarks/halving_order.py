@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=200, help="random candidate orders replayed at each slot count")
     parser.add_argument("--slots", default="2,8", help="comma-separated trials run at once (2: the demo on 2 cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random orders")
-    parser.add_argument("--settings", default="0.1:0.25,0.05:0.25,0.5:0.25,1:0.25",
-                        help="comma-separated keep:prune proxy settings (default: the demo's, then keep 0.05, "
+    parser.add_argument("--settings", default="0.05:0.25,0.1:0.25,0.5:0.25,1:0.25",
+                        help="comma-separated keep:prune proxy settings (default: the demo's, then keep 0.1, "
                              "0.5 and all rows, each with prune 0.25)")
     parser.add_argument("--cache", help="stage cache (default: $DAMOC_CACHE_DIR or the user cache dir)")
     parser.add_argument("--work", help="where the run's report goes (default: runs/halving_order)")
