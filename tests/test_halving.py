@@ -133,3 +133,30 @@ def test_synchronous_halving_keeps_the_best_share_whatever_the_listing_order():
     assert halving_survivors({"only": 1.0}, 2) == ["only"]   # one candidate left always goes on
     eight = {f"m{i}": float(i) for i in range(8)}
     assert halving_survivors(eight, 2) == ["m0", "m1", "m2", "m3"] and halving_survivors(eight, 3) == ["m0", "m1"]
+
+
+def test_a_candidate_stopped_at_a_rung_reports_only_what_it_had_there(tmp_path):
+    """sha's outcome for a candidate stopped at a rung: what its rung record holds; or, when the
+    candidate finished in an earlier run with fewer candidates and its rung records are gone (a
+    cleaned cache), its finished result cut at that rung: the history up to the rung and the
+    fine-tuning seconds spent by then, never its test score or its later rungs."""
+    from damoc import fingerprint as fp
+    from damoc.orchestrate import TrialJob, _stopped_at
+
+    job = TrialJob("c", {}, tmp_path / "trial" / "key")
+    history = [{"budget": b, "step": 2 * b, "val_eval_loss": 3.0 - b / 4, "fine_tune_s": 1.5 * b} for b in (1, 2, 4)]
+    finished = {"params": 10, "layers": 4, "layers_kept": 3, "score": 0.7, "test": {"accuracy": 0.7},
+                "history": history, "wall_s": {"load": 0.5, "model_compression": 0.1, "fine_tune": 6.0,
+                                               "evaluate": 1.0, "total": 7.6}}
+    cut = _stopped_at(job, 1, tmp_path / "no-record", finished, 2)
+    assert cut.status == "stopped_early" and cut.history == history[:2]
+    assert cut.result == {"params": 10, "layers": 4, "layers_kept": 3,
+                          "wall_s": {"load": 0.5, "model_compression": 0.1, "fine_tune": 3.0}}
+    record = tmp_path / "rungs" / "budget-2"
+    record.mkdir(parents=True)
+    fp.write_summary(record, {"info": {"params": 10, "layers": 4}, "elapsed_s": 2.5, "history": history[:2],
+                              "wall": {"load": 0.5, "fine_tune": 2.0}})
+    held = _stopped_at(job, 1, record, finished, 2)   # the record wins over the finished result
+    assert held.status == "stopped_early" and held.history == history[:2]
+    assert held.result == {"params": 10, "layers": 4, "elapsed_s": 2.5,
+                           "wall_s": {"load": 0.5, "fine_tune": 2.0, "total": 2.5}}
