@@ -89,7 +89,8 @@ PROFILES = {
         # a second seed adds its ground truth again, about 25 min). `--truth-seeds 0,1` repeats full
         # fine-tuning with a second seed (data order, dropout) and scores each candidate by its mean:
         # on one build of the zoo two lexcat seeds agreed at only 0.60, on another at 0.95 (README),
-        # and only a second seed tells which case a run is in. The published run uses two.
+        # and only a second seed tells which case a run is in. The published run at dc92f05 used two;
+        # those since use one.
         "truth_seeds": [0],
         "sweep": {task: [(0.005, 0.25), (0.02, 0.25), (0.1, 0.25), (0.05, 0.5)]
                   for task in ("wordnet-lexcat", "wordnet-defgen")},
