@@ -283,7 +283,8 @@ def synchronous_halving(config: RunConfig, jobs: list[TrialJob], *, name: str) -
 
     alive = list(jobs)
     for i in [*judged, None]:
-        need = [job for job in alive if job.name not in finished and (i is None or not fp.is_done(record(job, i)))]
+        need = largest_first([job for job in alive
+                              if job.name not in finished and (i is None or not fp.is_done(record(job, i)))])
         if need:
             below = len(budgets) if i is None else i
             extra = {job.name: {"pause_at_rung": i, "rung_records": str(roots[job.name]),
@@ -354,6 +355,22 @@ def _stopped_at(job: TrialJob, i: int, record: Path, finished: Optional[dict], b
     return TrialOutcome(job.name, "stopped_early", info, history)
 
 
+def largest_first(jobs: list[TrialJob]) -> list[TrialJob]:
+    """`jobs` in the order to start them where the order changes no result (no halving, the
+    ground truth, each round of synchronous halving): the largest model first, by the bytes of its
+    weights times the share of layers pruning keeps, which is roughly proportional to the compute
+    per token. With fewer trial slots than candidates, a large model listed last would otherwise start
+    when the others are done and run alone while the other slots idle; starting the longest jobs
+    first (LPT, Graham 1969) bounds that tail by the shortest. Ties keep the listed order. ASHA and
+    HyperBand keep the listed order: they judge each trial against those that arrived before it."""
+    def weight(job: TrialJob) -> float:
+        path = Path(job.settings["candidate"]["path"])
+        size = sum(f.stat().st_size for f in path.glob("*.safetensors")) if path.is_dir() else 0
+        return size * (1.0 - float(job.settings.get("model_compression", {}).get("prune_ratio", 0.0)))
+
+    return sorted(jobs, key=lambda job: -weight(job))
+
+
 def _max_concurrent(config: RunConfig, per_trial_cpus: float, n: int) -> int:
     import ray
 
@@ -420,6 +437,8 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
             prior = prior_rungs(outcomes, pending[0].settings.get("halving_metric", "eval_loss"))
 
     scheduler = _scheduler(config, use_scheduler, prior)
+    if not use_scheduler or es.scheduler == "none" or es.rungs < 2:   # FIFO: no order changes a result
+        pending = largest_first(pending)
     judged = getattr(scheduler, "judged", None)     # damoc's ASHA only
     by_name = {job.name: job for job in pending}
     restarts: dict[str, int] = {}
@@ -437,7 +456,7 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
             write_trial_result(by_name[candidate].entry, {**outcome.result, "trial_status": "stopped_early",
                                                          "history": outcome.history})
         outcomes[candidate] = outcome
-    return outcomes
+    return {job.name: outcomes[job.name] for job in jobs if job.name in outcomes}   # the listed order
 
 
 def _fit(config: RunConfig, jobs: list[TrialJob], extra: dict[str, dict], experiment: str, scheduler,

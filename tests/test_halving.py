@@ -160,3 +160,43 @@ def test_a_candidate_stopped_at_a_rung_reports_only_what_it_had_there(tmp_path):
     assert held.status == "stopped_early" and held.history == history[:2]
     assert held.result == {"params": 10, "layers": 4, "elapsed_s": 2.5,
                            "wall_s": {"load": 0.5, "fine_tune": 2.0, "total": 2.5}}
+
+
+@pytest.mark.parametrize("scheduler, use_scheduler, largest_first", [
+    ("none", True, True), ("asha", False, True),   # no halving; the ground truth
+    ("asha", True, False), ("hyperband", True, False)])
+def test_trials_whose_order_changes_nothing_start_largest_first(tmp_path, monkeypatch, scheduler, use_scheduler,
+                                                                largest_first):
+    """Where no result depends on the order (FIFO), the largest models start first, by weight bytes
+    times the layers pruning keeps (so that a large model listed last does not run alone at the end
+    while the other slots idle); cached trials are not started. ASHA and HyperBand judge trials in
+    the order they arrive, so there the listed order stays. Outcomes come back in the listed order."""
+    from damoc import orchestrate
+    from damoc.config.load import validate_config
+    from damoc.orchestrate import TrialJob, run_trials
+
+    sizes = {"small": (100, 0.0), "big-pruned": (250, 0.5), "big": (300, 0.0), "cached": (900, 0.0), "mid": (150, 0.0)}
+    jobs = []
+    for name, (size, prune) in sizes.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"\0" * size)
+        (tmp_path / name / "notes.txt").write_bytes(b"\0" * 10_000)   # only weights count
+        jobs.append(TrialJob(name, {"candidate": {"path": str(tmp_path / name)},
+                                    "model_compression": {"prune_ratio": prune}}, tmp_path / "trial" / name))
+    fp_cached = jobs[3].entry
+    fp_cached.mkdir(parents=True)
+    (fp_cached / "stage.json").write_text('{"history": []}')
+    started = []
+
+    def fake_fit(config, pending, extra, experiment, tune_scheduler, restarts):
+        started.extend(job.name for job in pending)
+        return [SimpleNamespace(config={"candidate": job.name}, metrics={}, error=None) for job in pending]
+
+    monkeypatch.setattr(orchestrate, "_fit", fake_fit)
+    monkeypatch.setattr(orchestrate, "_outcome", lambda name, result, job: TrialOutcome(name, "failed", error="x"))
+    config = validate_config({"candidates": ["a"], "data": {"source": "bundled:wordnet-lexcat"},
+                              "ranking": {"early_stopping": {"scheduler": scheduler, "rungs": 3}},
+                              "output": {"dir": str(tmp_path)}}, "test")
+    outcomes = run_trials(config, jobs, name="proxy", use_scheduler=use_scheduler)
+    assert started == (["big", "mid", "big-pruned", "small"] if largest_first else ["small", "big-pruned", "big", "mid"])
+    assert list(outcomes) == list(sizes)

@@ -373,11 +373,12 @@ def test_synchronous_halving_decides_the_same_in_any_order_and_after_a_candidate
                                         "cluster.max_concurrent_trials=2", candidates=paths[::-1]))
     three = run_select(micro_config(tmp_path / "three", tmp_path / "cache-a", *sha,
                                     "cluster.max_concurrent_trials=1", candidates=paths[:3]))
-    ran = []
+    ran, given = [], []
     real = orchestrate._fit
 
     def spy(config, jobs, extra, *args):   # on the driver: the trials each Tune run is given
         ran.extend((job.name, extra[job.name]["pause_at_rung"], extra[job.name]["resume_from"]) for job in jobs)
+        given.append([job.name for job in jobs])
         return real(config, jobs, extra, *args)
 
     monkeypatch.setattr(orchestrate, "_fit", spy)
@@ -406,6 +407,8 @@ def test_synchronous_halving_decides_the_same_in_any_order_and_after_a_candidate
             assert rung == 1 and resume.endswith("budget-1")   # from its record, not from the start
     by_name = {c["name"]: c for c in four["candidates"]}
     assert all(by_name[n]["cached"] for n in names if n not in trained)
+    weights = {n: sum(f.stat().st_size for f in (micro_zoo / n).glob("*.safetensors")) for n in names}
+    assert given and all(run == sorted(run, key=lambda n: -weights[n]) for run in given)   # largest first
 
 
 # ------------------------------------------------------------------------- the trial alone
