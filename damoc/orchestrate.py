@@ -437,7 +437,10 @@ def run_trials(config: RunConfig, jobs: list[TrialJob], *, name: str, use_schedu
             prior = prior_rungs(outcomes, pending[0].settings.get("halving_metric", "eval_loss"))
 
     scheduler = _scheduler(config, use_scheduler, prior)
-    if not use_scheduler or es.scheduler == "none" or es.rungs < 2:   # FIFO: no order changes a result
+    from ray.tune.schedulers import FIFOScheduler
+
+    # Exactly FIFO, where no order changes a result (ASHA and HyperBand subclass it).
+    if type(scheduler) is FIFOScheduler:
         pending = largest_first(pending)
     judged = getattr(scheduler, "judged", None)     # damoc's ASHA only
     by_name = {job.name: job for job in pending}

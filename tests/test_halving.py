@@ -183,9 +183,9 @@ def test_trials_whose_order_changes_nothing_start_largest_first(tmp_path, monkey
         (tmp_path / name / "notes.txt").write_bytes(b"\0" * 10_000)   # only weights count
         jobs.append(TrialJob(name, {"candidate": {"path": str(tmp_path / name)},
                                     "model_compression": {"prune_ratio": prune}}, tmp_path / "trial" / name))
-    fp_cached = jobs[3].entry
-    fp_cached.mkdir(parents=True)
-    (fp_cached / "stage.json").write_text('{"history": []}')
+    cached_entry = jobs[list(sizes).index("cached")].entry
+    cached_entry.mkdir(parents=True)
+    (cached_entry / "stage.json").write_text('{"history": []}')
     started = []
 
     def fake_fit(config, pending, extra, experiment, tune_scheduler, restarts):
