@@ -14,6 +14,7 @@ from pathlib import Path
 
 from damoc import fingerprint as fp
 from damoc.config import RunConfig, config_to_yaml
+from damoc.config.schema import ModelCompressionConfig
 from damoc.data import LoadedData, prepare_data, read_canonical
 from damoc.data.compress import write_parquet
 from damoc.data.inspect import inspect_data
@@ -122,8 +123,12 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
     for candidate in config.candidates:
         name = candidate.display_name
         training = config.training_for(candidate) if mode == "proxy" else config.ground_truth_training_for(candidate)
-        compression = config.model_compression_for(candidate) if mode == "proxy" else \
-            config.model_compression.model_copy(update={"prune_ratio": 0.0})
+        compression = config.model_compression_for(candidate) if mode == "proxy" else None
+        if compression is None or compression.prune_ratio <= 0:
+            # Nothing is removed, so how layers would be chosen and merged changes nothing: the
+            # defaults stand in for them, and a ground truth (or an unpruned proxy) cached under one
+            # merge or selection setting is reused under another instead of being trained again.
+            compression = ModelCompressionConfig()
         ranking = config.ranking
         settings = {
             "mode": mode,

@@ -295,6 +295,29 @@ def test_pruned_proxies_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_pat
     assert sorted((micro_zoo_cache / "model-compressed").iterdir()) == entries
 
 
+def test_layer_selection_and_merge_settings_key_only_the_trials_that_prune(micro_zoo_cache, tmp_path):
+    """A trial that removes no layers (the ground truth, an unpruned proxy) runs the same whatever
+    merge or layer selection is configured, so those settings must not change its cache entry: a
+    --try of a merge method once re-trained every candidate's ground truth. Pruned proxies still
+    get one entry per setting."""
+    from damoc.pipeline import _jobs
+
+    def entries(mode, *overrides):
+        config = micro_config(tmp_path, micro_zoo_cache, *overrides)
+        paths = {c.display_name: str(tmp_path / "no-such-checkpoint") for c in config.candidates}
+        return [job.entry for job in _jobs(config, paths, tmp_path / "data", "data-key", "classification", mode,
+                                           micro_zoo_cache)]
+
+    other = ("model_compression.merge.method=dare_ties", "model_compression.mode=block",
+             "model_compression.calibration_samples=16")
+    assert entries("full_ft", "model_compression.prune_ratio=0.25") == \
+        entries("full_ft", "model_compression.prune_ratio=0.25", *other)
+    assert entries("proxy") == entries("proxy", *other)                     # the micro job prunes nothing
+    pruned = entries("proxy", "model_compression.prune_ratio=0.25")
+    assert all(a != b for a, b in zip(pruned, entries("proxy", "model_compression.prune_ratio=0.25", *other)))
+    assert all(a != b for a, b in zip(pruned, entries("proxy")))
+
+
 def test_data_compression_on_ray_data_inside_the_selection(micro_zoo, micro_zoo_cache, tmp_path):
     """A DaMoC filter and key-token compression run as Ray Data actors in the selection's Ray
     session; the trials train on what they produced and the report accounts for it."""
