@@ -97,8 +97,8 @@ PROFILES = {
         # The curve ranker needs every candidate's whole curve (no early stopping). It runs on the
         # demo proxy's own data (keep 0.05), so that it and its final-score ranking (`tried`,
         # no_halving) differ from the demo proxy only in how the candidates are ranked: by
-        # extrapolated curves, by final scores without halving, or by synchronous halving. Its rungs
-        # stay the demo's (3): the ground truth's cache key includes them.
+        # extrapolated curves, by final scores without halving, or by synchronous halving. AtS
+        # fits a line through at least 3 rungs: the demo's.
         "curve": {"rungs": 3, "keep": 0.05},
     },
     # CI smoke test: the micro zoo's first four candidates on small slices, a 2-point sweep. The

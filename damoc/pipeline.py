@@ -14,7 +14,7 @@ from pathlib import Path
 
 from damoc import fingerprint as fp
 from damoc.config import RunConfig, config_to_yaml
-from damoc.config.schema import ModelCompressionConfig
+from damoc.config.schema import EarlyStoppingConfig, ModelCompressionConfig
 from damoc.data import LoadedData, prepare_data, read_canonical
 from damoc.data.compress import write_parquet
 from damoc.data.inspect import inspect_data
@@ -146,8 +146,11 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
             "few_shot_k": ranking.few_shot_k,
             "bertscore_model": ranking.bertscore_model,
-            "rungs": ranking.early_stopping.rungs,
-            "reduction_factor": ranking.early_stopping.reduction_factor,
+            # The ground truth's rungs are fixed (the defaults: validation at 1/4, 1/2 and all of its
+            # steps, how early its own order settles): they change no result of it, so another
+            # halving schedule for the proxies does not train every candidate in full again.
+            **({"rungs": ranking.early_stopping.rungs, "reduction_factor": ranking.early_stopping.reduction_factor}
+               if mode == "proxy" else TRUTH_RUNGS),
             # Part of the key so that a trial stopped under one schedule is not reused under another.
             "scheduler": [ranking.early_stopping.scheduler, ranking.early_stopping.grace] if mode == "proxy" else None,
             **_halving_setting(config, task_type, mode),
@@ -165,6 +168,10 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
     return jobs
+
+
+TRUTH_RUNGS = {"rungs": EarlyStoppingConfig.model_fields["rungs"].default,
+               "reduction_factor": EarlyStoppingConfig.model_fields["reduction_factor"].default}
 
 
 def _halving_setting(config: RunConfig, task_type: str, mode: str) -> dict:
