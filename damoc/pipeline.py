@@ -144,8 +144,8 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             "validation_rows": validation_rows(ranking, mode),
             "test_rows": ranking.eval_max_rows or 10**9,
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
-            # Baselines are scored in proxy trials only.
-            "few_shot_k": ranking.few_shot_k if mode == "proxy" else None,
+            # Keys the ground truth too: it sets every trial's evaluation length (trial.py).
+            "few_shot_k": ranking.few_shot_k,
             "bertscore_model": ranking.bertscore_model,
             # The ground truth's rungs are fixed (the defaults: validation at 1/4, 1/2 and all of its
             # steps, how early its own order settles): they change no result of it, so another
