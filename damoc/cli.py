@@ -219,7 +219,7 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
-    from damoc.report import format_table, unjudged_note
+    from damoc.report import format_table, truth_failure_note, unjudged_note
 
     config = load_config(args.config, args.overrides)
     report = run_select(config)
@@ -236,6 +236,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         worst = f"; most misplaced: {m['candidate']} (ranked {m['rank']}, full fine-tuning {m['truth_rank']})" if m else ""
         print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, "
               f"regret {a['regret']}{worst}")
+    if truth_failure_note(report):
+        print(f"note: {truth_failure_note(report)}")
     print(f"report: {config.output.dir}/report.md, {config.output.dir}/report.json")
     return 0
 

@@ -239,6 +239,42 @@ def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
     assert (tmp_path / "out" / "proxy_vs_truth.png").is_file()
 
 
+def test_a_failed_ground_truth_is_reported_not_silently_dropped(micro_zoo, micro_zoo_cache, tmp_path, cli):
+    """Full fine-tuning that fails (here: LoRA on a module the models lack) leaves the selection
+    standing, and the CLI and report.md say the agreement could not be computed, and why."""
+    data = yaml.safe_load((ROOT / "jobs" / "micro.yaml").read_text())
+    data["candidates"] = data["candidates"][:2]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = cli("select", str(path), f"output.dir={tmp_path / 'out'}", f"output.cache_dir={micro_zoo_cache}",
+                         "ranking.ground_truth=full_ft", "ranking.early_stopping.scheduler=none", "ranking.baselines=[]",
+                         "ranking.ground_truth_training.method=lora",
+                         "ranking.ground_truth_training.lora.target_modules=[no_such_module]")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["winner"] and not report["agreement"]["damoc"]
+    assert {c["ground_truth"]["status"] for c in report["candidates"]} == {"failed"}
+    note = [line for line in out.splitlines() if line.startswith("note: every ground-truth fine-tuning failed")]
+    assert len(note) == 1 and "no_such_module" in note[0], out
+    assert "agreement with full fine-tuning" not in out
+    assert "Note: every ground-truth fine-tuning failed" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_note_names_the_candidates_whose_ground_truth_failed():
+    from damoc.report import truth_failure_note
+
+    def report(*statuses):
+        return {"candidates": [{"name": f"c{i}", "ground_truth": {"status": s, "error": "boom" if s != "ok" else None}}
+                               for i, s in enumerate(statuses)]}
+
+    assert truth_failure_note(report("ok", "ok")) is None
+    assert truth_failure_note({"candidates": [{"name": "c0", "ground_truth": None}]}) is None   # none was asked for
+    assert truth_failure_note(report("ok", "failed", "ok")) == (
+        "ground-truth fine-tuning failed for c1 (c1: failed, boom); the agreement covers the other 2 candidates, "
+        "and the ground truth's cost counts only them")
+    assert truth_failure_note(report("failed", "failed")).startswith("every ground-truth fine-tuning failed (c0: failed, boom)")
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("data_compression.tokens.keep_ratio=0", "data_compression.tokens.keep_ratio"),
     ("data_compression.filter.keep_ratio=1.5", "data_compression.filter.keep_ratio"),

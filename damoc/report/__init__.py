@@ -154,6 +154,21 @@ def unjudged_note(report: dict) -> Optional[str]:
             "(early_stopping.scheduler: none trains every proxy fully; benchmarks/README.md, halving order)")
 
 
+def truth_failure_note(report: dict) -> Optional[str]:
+    """One line for the CLI and report.md when full fine-tuning (the ground truth) failed for some
+    candidates: the agreement is then computed over the others only, or not at all."""
+    truth = {c["name"]: c["ground_truth"] for c in report["candidates"] if c.get("ground_truth")}
+    failed = {name: t for name, t in truth.items() if t["status"] != "ok"}
+    if not failed:
+        return None
+    first, t = next(iter(failed.items()))
+    why = f"{first}: {t['status']}" + (f", {t['error']}" if t.get("error") else "")
+    if len(failed) == len(truth):
+        return f"every ground-truth fine-tuning failed ({why}), so no agreement is reported"
+    return (f"ground-truth fine-tuning failed for {', '.join(failed)} ({why}); the agreement covers the other "
+            f"{len(truth) - len(failed)} candidates, and the ground truth's cost counts only them")
+
+
 def _compression_summary(compression: Optional[dict]) -> Optional[dict]:
     """What the report keeps of a trial's model compression: removed layers, merges and the
     per-layer Block Influence."""
@@ -238,6 +253,7 @@ def format_markdown(report: dict) -> str:
            + ("(higher is better)." if report["higher_is_better"] else "(lower is better)."), "",
            f"**Winner: {report['winner']}**" if report["winner"] else "**No candidate completed.**", "",
            *([f"Note: {unjudged_note(report)}.", ""] if unjudged_note(report) else []),
+           *([f"Note: {truth_failure_note(report)}.", ""] if truth_failure_note(report) else []),
            "| rank | candidate | status | " + metric + " | params | layers kept | train tokens | train FLOPs | wall s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
