@@ -260,6 +260,33 @@ def test_a_failed_ground_truth_is_reported_not_silently_dropped(micro_zoo, micro
     assert "Note: every ground-truth fine-tuning failed" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_the_table_marks_scores_of_stopped_candidates_as_validation_scores():
+    """A stopped proxy's validation score after a few steps (mistral-wide-code's -2.14 in the demo)
+    can look better than the finished winner's test score ranked above it; the table marks it and
+    says why it still ranks below."""
+    from damoc.report import format_markdown, format_table
+
+    def row(name, rank, status, score, score_on):
+        return {"name": name, "rank": rank, "status": status, "score": score, "score_on": score_on, "params": 10**6,
+                "layers": 4, "layers_kept": 3, "train_tokens": 100, "wall_s": {"total": 1.0}, "error": None,
+                "train_flops": 6e8}
+
+    report = {"metric": "gold_logprob", "early_stopping": {"metric": "eval_loss"},
+              "candidates": [row("winner", 1, "ok", -2.17, "test"), row("fast-starter", 2, "stopped_early", -2.14, "validation")]}
+    lines = format_table(report).splitlines()
+    assert lines[1].split()[3] == "-2.1700" and lines[2].split()[3] == "-2.1400*"
+    assert lines[3].startswith("* taken on the validation split") and "then\n  by the validation loss." in format_table(report)
+    report["early_stopping"]["metric"] = "ranking"
+    assert format_table(report).endswith("by the validation gold_logprob.")
+
+    finished = dict(report, candidates=[row("winner", 1, "ok", -2.17, "test"), row("other", 2, "ok", -2.3, "test")])
+    assert "*" not in format_table(finished) and len(format_table(finished).splitlines()) == 3
+    md = format_markdown(dict(report, run="r", task={"source": "s", "type": "classification", "splits": {"test": 2}},
+                              higher_is_better=True, winner="winner", ranking=["winner", "fast-starter"], baselines={},
+                              cost={"wall_s": {}, "proxy_train_tokens": 0, "proxy_train_flops": 0}))
+    assert "Scores marked (validation) are taken on the validation split" in md
+
+
 def test_the_note_names_the_candidates_whose_ground_truth_failed():
     from damoc.report import truth_failure_note
 

@@ -234,15 +234,31 @@ def write_report(out_dir: Path, report: dict, *, config: RunConfig, data: Loaded
 def format_table(report: dict) -> str:
     """The ranking table printed at the end of `damoc select`."""
     metric = report["metric"]
-    lines = [f"{'rank':>4}  {'candidate':<26}{'status':<15}{metric:>10}{'params':>10}{'layers':>8}{'train tokens':>14}{'wall s':>8}"]
+    lines = [f"{'rank':>4}  {'candidate':<26}{'status':<15}{metric:>11}{'params':>9}{'layers':>8}{'train tokens':>14}{'wall s':>8}"]
+    on_validation = False
     for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
         score = "-" if c["score"] is None else f"{c['score']:.4f}"
+        if c["score"] is not None and c["score_on"] != "test":
+            score, on_validation = score + "*", True
         params = "-" if not c["params"] else f"{c['params'] / 1e6:.2f}M"
         layers = "-" if c["layers"] is None else f"{c['layers_kept'] or c['layers']}/{c['layers']}"
         wall = (c.get("wall_s") or {}).get("total")
-        lines.append(f"{c['rank'] or '-':>4}  {c['name']:<26}{c['status']:<15}{score:>10}{params:>10}{layers:>8}"
+        lines.append(f"{c['rank'] or '-':>4}  {c['name']:<26}{c['status']:<15}{score:>11}{params:>9}{layers:>8}"
                      f"{c['train_tokens'] or 0:>14}{'-' if wall is None else f'{wall:.0f}':>8}")
+    if on_validation:
+        lines.append(f"* {stopped_scores_note(report)}")
     return "\n".join(lines)
+
+
+def stopped_scores_note(report: dict) -> str:
+    """Why a stopped candidate's score may look better than a finished one's ranked above it: a
+    proxy's validation score after a few steps is not its test score after all of them, and
+    without this the table reads as if the ranking contradicted it."""
+    halved_on = ("validation loss" if (report.get("early_stopping") or {}).get("metric", "eval_loss") == "eval_loss"
+                 else f"validation {report['metric']}")
+    return ("taken on the validation split at the rung where successive halving stopped the candidate, so not\n"
+            f"  comparable with test scores. Stopped candidates rank below the finished ones, later rungs first, then\n"
+            f"  by the {halved_on}.")
 
 
 def format_markdown(report: dict) -> str:
@@ -262,6 +278,8 @@ def format_markdown(report: dict) -> str:
         out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
                    f"{c['layers_kept'] or ''}/{c['layers'] or ''} | {c['train_tokens'] or ''} | "
                    f"{c['train_flops'] or ''} | {(c.get('wall_s') or {}).get('total', '')} |")
+    if any(c["score"] is not None and c["score_on"] != "test" for c in report["candidates"]):
+        out += ["", "Scores marked (validation) are " + " ".join(stopped_scores_note(report).split())]
     dc = report.get("data_compression") or {}
     if dc.get("filter"):
         from damoc.data.compress import format_stats
