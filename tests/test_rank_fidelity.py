@@ -63,6 +63,12 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
                 assert r["compute_ratio"] is None and r["wall_ratio_train"] is None
             else:  # a proxy trains less than full fine-tuning does, and that is what the ratios say
                 assert r["compute_ratio"] > 1 and r["wall_ratio_train"] > 0 and r["wall_ratio_end_to_end"] > 0
+            if r["method"] in ("zero_shot", "few_shot"):
+                # Ranked by every score it measured; by the metric the proxies rank by, as its row is.
+                measured = set.intersection(*(set(s) for s in r["baseline_scores"].values()))
+                assert r["ranked_by"] in r["by_metric"] and set(r["by_metric"]) <= measured
+                assert "eval_loss" in r["by_metric"]
+                assert r["by_metric"][r["ranked_by"]]["spearman"] == r["spearman"]
         truth = payload["ground_truth"][task]
         assert sorted(truth["ranking"]) == sorted(CANDIDATES) and truth["train_flops"] > 0
         # The ground truth's own rungs scored against its final test scores, one entry per rung.
@@ -202,6 +208,31 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
     assert line.endswith("meets all four. Full fine-tuning's own validation order at step 62 of 250 (1/4 of its "
                          "compute) ranks at 0.86, missing the winner. The demo proxy's largest misplacement: e, ranked 2nd "
                          "where full fine-tuning ranks it 5th (Spearman 0.40 over the other candidates)."), line
+
+
+def test_zero_shot_is_scored_by_each_metric_it_measured():
+    bench = _benchmark_module()
+    truth = {"scores": {"a": 0.9, "b": 0.6, "c": 0.3}, "higher_is_better": True}
+    # Lower loss is better: by its loss zero-shot orders a, b, c as the truth does; by accuracy it
+    # orders them backwards; bertscore is missing for one candidate, so it is not a ranking.
+    scores = {"a": {"eval_loss": 1.0, "accuracy": 0.2, "gold_logprob": -2.0, "bertscore": 0.5},
+              "b": {"eval_loss": 2.0, "accuracy": 0.4, "gold_logprob": -1.0},
+              "c": {"eval_loss": 3.0, "accuracy": 0.6, "gold_logprob": -3.0}}
+    by_metric = bench.baseline_by_metric(scores, truth)
+    assert set(by_metric) == {"eval_loss", "accuracy", "gold_logprob"}
+    assert by_metric["eval_loss"]["spearman"] == 1.0 and by_metric["eval_loss"]["top1_hit"]
+    assert by_metric["accuracy"]["spearman"] == -1.0 and by_metric["accuracy"]["chosen"] == "c"
+    assert by_metric["gold_logprob"]["spearman"] == 0.5 and not by_metric["gold_logprob"]["top1_hit"]
+
+    # The targets summary names the others beside the metric the row is ranked by.
+    payload = {"ground_truth": {"t": truth}, "results": [
+        {"task": "t", "method": "damoc", "top1_hit": True, "spearman": 1.0, "compute_ratio": 30.0,
+         "wall_ratio_end_to_end": 12.0, "chosen": "a", "ranking": ["a", "b", "c"]},
+        {"task": "t", "method": "zero_shot", "spearman": 0.5, "top1_hit": False, "compute_ratio": None,
+         "chosen": "b", "ranked_by": "gold_logprob", "baseline_scores": scores}]}
+    assert bench.targets_summary(payload).splitlines()[2].endswith(
+        "Zero-shot ranked by its other scores instead of gold_logprob: Spearman by accuracy -1.00 (misses the "
+        "winner), by eval_loss 1.00.")
 
 
 def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None) -> dict:
