@@ -494,6 +494,10 @@ class LocalNode:
     process: subprocess.Popen
     log_path: Path
     head: bool
+    # Ray's id for this node, recorded when it registers (add_node with wait). A killed node stays
+    # ALIVE in the GCS until its health checks time out, so the live nodes are told apart by id,
+    # never by listing what the GCS calls alive.
+    node_id: Optional[str] = None
 
     @property
     def alive(self) -> bool:
@@ -552,11 +556,12 @@ class LocalCluster:
         """Start one more node (the head first). A node that exits while starting (a port taken
         by someone else between picking and binding) is retried on fresh ports."""
         for attempt in range(attempts):
+            known = {n.node_id for n in self.nodes if n.node_id}
             node = self._launch()
             if not wait:
                 return node
             try:
-                self.wait_for_nodes(sum(n.alive for n in self.nodes), timeout)
+                node.node_id = self._wait_for_new_node(known, timeout)
                 return node
             except NodeExited as e:
                 if e.node is not node or attempt == attempts - 1:
@@ -611,7 +616,14 @@ class LocalCluster:
             rows = []
         return [row for row in rows if row.get("state") == "ALIVE"]
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> list[dict]:
+    def live_node_ids(self) -> list[str]:
+        """Ray's ids of the nodes whose processes run (see LocalNode.node_id)."""
+        return [n.node_id for n in self.nodes if n.alive and n.node_id]
+
+    def _wait_for_new_node(self, known: set[str], timeout: float = 120) -> str:
+        """The id of the node that registers with an id not in `known` (the nodes started before
+        it, dead ones included: the GCS lists a killed node as ALIVE for a while, so counting
+        ALIVE nodes could be satisfied by the dead one before the new one has joined)."""
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
@@ -619,11 +631,11 @@ class LocalCluster:
                     lines = node.log_path.read_text(errors="replace").strip().splitlines()
                     raise NodeExited(node, f"ray node {node.index} exited ({node.process.returncode}): "
                                            f"{lines[-1] if lines else ''} (log: {node.log_path})")
-            alive = self.alive_nodes()
-            if len(alive) >= count:
-                return alive
+            new = [row["node_id"] for row in self.alive_nodes() if row["node_id"] not in known]
+            if new:
+                return new[0]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout:.0f} s (logs: {self.root})")
+                raise TimeoutError(f"no new Ray node registered after {timeout:.0f} s (logs: {self.root})")
             time.sleep(1)
 
     def node_processes(self, node: LocalNode) -> list:
