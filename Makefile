@@ -40,7 +40,7 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
-# The rank-fidelity benchmark (56 min cold on 2 cores, measured at 73cba62, plus about 10 min to build the demo
+# The rank-fidelity benchmark (51 min cold on 2 cores, measured at 97ac1ee, plus about 10 min to build the demo
 # zoo if `make demo` has not; minutes once cached):
 # results/rank_fidelity.json, its plots and its section of benchmarks/README.md, all regenerated
 # from one run.
