@@ -219,7 +219,7 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
-    from damoc.report import format_table, truth_failure_note, unjudged_note
+    from damoc.report import close_cut_note, format_table, truth_failure_note, unjudged_note
 
     config = load_config(args.config, args.overrides)
     report = run_select(config)
@@ -228,6 +228,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"\nwinner: {report['winner']} ({report['metric']} {next(c['score'] for c in report['candidates'] if c['name'] == report['winner']):.4f})")
         if unjudged_note(report):
             print(f"note: {unjudged_note(report)}")
+        if close_cut_note(report):
+            print(f"note: {close_cut_note(report)}")
     for method, b in report["baselines"].items():
         print(f"{method} baseline would pick: {b['ranking'][0]}")
     if report.get("agreement", {}).get("damoc"):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from damoc import fingerprint as fp
 from damoc.config.schema import RunConfig
 from damoc.io import atomic_dir
@@ -226,8 +228,43 @@ def halving_survivors(losses: dict[str, float], reduction_factor: int) -> list[s
     """Who synchronous successive halving keeps at a rung: the best max(1, n // rf) of the n
     candidates there, by halving loss (lower is better; NaN last; ties by name, so that the order
     candidates are listed in never decides)."""
-    order = sorted(losses, key=lambda n: (math.isnan(losses[n]), 0.0 if math.isnan(losses[n]) else losses[n], n))
+    order = halving_order(losses)
     return order[:max(1, len(order) // reduction_factor)]
+
+
+def halving_order(losses: dict[str, float]) -> list[str]:
+    """The candidates at a rung, best first, as halving_survivors ranks them."""
+    return sorted(losses, key=lambda n: (math.isnan(losses[n]), 0.0 if math.isnan(losses[n]) else losses[n], n))
+
+
+def cut_margin(kept: list, stopped: list) -> dict | None:
+    """How sure a halving cut is: the stopped candidate's halving loss minus the kept one's, on
+    the same validation rows, with its standard error and their ratio `z`. `kept` and `stopped` are
+    each row's [value, weight] (the loss is sum(value) / sum(weight), as evaluate_records gives).
+
+    The rows are shared, so the difference is taken row by row (a paired comparison: a row hard for
+    every model does not count as noise), and each ratio loss is linearised around its value (the
+    delta method), which makes the token-weighted loss a mean of per-row terms. Written here
+    because scipy's paired tests take plain means, not ratios. None when the rows do not match;
+    `z` is None when the per-row terms do not vary at all and the losses differ."""
+    if not kept or not stopped or len(kept) != len(stopped) or len(kept) < 2:
+        return None
+    a, b = np.asarray(kept, dtype=float), np.asarray(stopped, dtype=float)
+    if a.shape[1:] != (2,) or b.shape[1:] != (2,) or a[:, 1].sum() <= 0 or b[:, 1].sum() <= 0:
+        return None
+    loss_a, loss_b = a[:, 0].sum() / a[:, 1].sum(), b[:, 0].sum() / b[:, 1].sum()
+    terms_a = (a[:, 0] - loss_a * a[:, 1]) / a[:, 1].mean()
+    terms_b = (b[:, 0] - loss_b * b[:, 1]) / b[:, 1].mean()
+    se = float(np.std(terms_b - terms_a, ddof=1) / math.sqrt(len(a)))
+    difference = float(loss_b - loss_a)
+    # No spread (the same per-row terms, up to rounding): a tie when the losses are equal, else no doubt.
+    z = difference / se if se > 1e-12 else (0.0 if abs(difference) <= 1e-12 else None)
+    return {"difference": difference, "se": se, "z": z, "rows": len(a)}
+
+
+# A cut whose margin is under this many standard errors of the rung's validation rows could go the
+# other way on other rows (about 5% two-sided under a normal approximation).
+CLOSE_CUT_Z = 2.0
 
 
 def rung_root(job: TrialJob) -> Path:
@@ -281,6 +318,10 @@ def synchronous_halving(config: RunConfig, jobs: list[TrialJob], *, name: str) -
         row = next(h for h in finished[job.name]["history"] if h.get("budget") == budgets[i])
         return float(halving_value(row, metric))
 
+    def rows_at(job: TrialJob, i: int) -> Optional[list]:
+        # Records written before the rows were kept, and trials that finished in an earlier run, lack them.
+        return fp.read_summary(record(job, i)).get("halving_rows") if fp.is_done(record(job, i)) else None
+
     alive = list(jobs)
     for i in [*judged, None]:
         need = largest_first([job for job in alive
@@ -310,9 +351,23 @@ def synchronous_halving(config: RunConfig, jobs: list[TrialJob], *, name: str) -
         if i is None:
             break
         losses = {job.name: loss_at(job, i) for job in alive}
+        order = halving_order(losses)
         keep = set(halving_survivors(losses, rf))
+        cut = None
+        if len(keep) < len(order):
+            # The closest call of the cut: the last candidate kept against the first one stopped.
+            last, first_out = order[len(keep) - 1], order[len(keep)]
+            by_name = {job.name: job for job in alive}
+            margin = cut_margin(rows_at(by_name[last], i), rows_at(by_name[first_out], i))
+            cut = {"kept": last, "stopped": first_out, **(margin or {})}
+            if margin and margin["z"] is not None and margin["z"] < CLOSE_CUT_Z:
+                log.warning("%s: synchronous halving at budget %d: a close cut: %s kept, %s stopped, %.4f apart "
+                            "in halving loss (standard error %.4f over %d validation rows); "
+                            "ranking.early_stopping.validation_rows sets how many rows decide it",
+                            name, budgets[i], last, first_out, margin["difference"], margin["se"], margin["rows"])
         for job in alive:
-            decisions[job.name].append({"budget": budgets[i], "against": len(alive) - 1, "stopped": job.name not in keep})
+            decisions[job.name].append({"budget": budgets[i], "against": len(alive) - 1, "stopped": job.name not in keep,
+                                        **({"cut": cut} if cut else {})})
             for k in range(i):   # superseded: the record at this rung resumes it, or reports it
                 drop_weights(record(job, k))
         log.info("%s: synchronous halving at budget %d: going on: %s; stopped: %s", name, budgets[i],

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from damoc.orchestrate import TrialOutcome, _scheduler, async_halving, halving_survivors, prior_rungs
+from damoc.orchestrate import TrialOutcome, _scheduler, async_halving, cut_margin, halving_survivors, prior_rungs
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 
@@ -200,3 +200,62 @@ def test_trials_whose_order_changes_nothing_start_largest_first(tmp_path, monkey
     outcomes = run_trials(config, jobs, name="proxy", use_scheduler=use_scheduler)
     assert started == (["big", "mid", "big-pruned", "small"] if largest_first else ["small", "big-pruned", "big", "mid"])
     assert list(outcomes) == list(sizes)
+
+
+def test_a_cut_margin_is_paired_over_the_shared_validation_rows():
+    """cut_margin: the stopped candidate's loss minus the kept one's, with the standard error of a
+    paired, row-by-row comparison. Rows that are hard for both models move both losses alike and
+    are not noise in the difference; with equal weights the standard error is the textbook one."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.gamma(2.0, 1.5, size=200)            # some rows far harder than others
+    kept = [[d, 1] for d in difficulty]
+    stopped = [[d + 0.05 + e, 1] for d, e in zip(difficulty, rng.normal(0, 0.1, size=200))]
+    m = cut_margin(kept, stopped)
+    diffs = np.array([b[0] - a[0] for a, b in zip(kept, stopped)])
+    assert m["rows"] == 200 and m["difference"] == pytest.approx(diffs.mean())
+    assert m["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(200))
+    unpaired = np.sqrt(difficulty.var(ddof=1) / 200 * 2)
+    assert m["z"] > 5 > m["difference"] / unpaired           # sure when paired, not when unpaired
+    # Token-weighted losses: the difference is of the ratio losses, and scaling every row's tokens
+    # (and loss) alike changes neither the losses nor the margin.
+    weighted = cut_margin([[v * 3, 3] for v, _ in kept], [[v * 3, 3] for v, _ in stopped])
+    assert weighted["difference"] == pytest.approx(m["difference"]) and weighted["se"] == pytest.approx(m["se"])
+    tokens = rng.integers(1, 9, size=200)
+    a = [[v * t, t] for (v, _), t in zip(kept, tokens)]
+    b = [[v * t, t] for (v, _), t in zip(stopped, tokens)]
+    want = sum(x for x, _ in b) / sum(tokens) - sum(x for x, _ in a) / sum(tokens)
+    assert cut_margin(a, b)["difference"] == pytest.approx(want)
+    # Swapping the two negates the difference and z, with the same standard error.
+    back = cut_margin(stopped, kept)
+    assert back["difference"] == pytest.approx(-m["difference"]) and back["se"] == pytest.approx(m["se"])
+    # Nothing to compare: missing rows, other rows, one row; no spread: a tie, or no doubt.
+    assert cut_margin(None, stopped) is None and cut_margin(kept[:10], stopped) is None
+    assert cut_margin(kept[:1], stopped[:1]) is None
+    assert cut_margin(kept, kept)["z"] == 0.0
+    assert cut_margin(kept, [[v + 1, w] for v, w in kept])["z"] is None
+
+
+def test_a_close_halving_cut_gets_one_note_naming_the_rung_and_both_candidates():
+    from damoc.report import _halving_cuts, close_cut_note
+
+    def candidate(name, *decisions):
+        return {"name": name, "halving": list(decisions)}
+
+    close = {"kept": "b", "stopped": "c", "difference": 0.004, "se": 0.01, "z": 0.4, "rows": 200}
+    sure = {"kept": "a", "stopped": "b", "difference": 0.3, "se": 0.01, "z": 30.0, "rows": 200}
+    candidates = [candidate("a", {"budget": 1, "against": 3, "stopped": False, "cut": close},
+                            {"budget": 2, "against": 1, "stopped": False, "cut": sure}),
+                  candidate("b", {"budget": 1, "against": 3, "stopped": False, "cut": close},
+                            {"budget": 2, "against": 1, "stopped": True, "cut": sure}),
+                  candidate("c", {"budget": 1, "against": 3, "stopped": True, "cut": close}),
+                  candidate("d", {"budget": 1, "against": 3, "stopped": True, "cut": close})]
+    cuts = _halving_cuts(candidates)
+    assert cuts == [{"budget": 1, **close}, {"budget": 2, **sure}]
+    note = close_cut_note({"halving_cuts": cuts})
+    assert "at budget 1, b kept and c stopped 0.0040 apart (standard error 0.0100 over 200 rows)" in note
+    assert "budget 2" not in note and "validation_rows" in note
+    assert close_cut_note({"halving_cuts": [{"budget": 2, **sure}]}) is None
+    assert close_cut_note({"halving_cuts": [{"budget": 1, "kept": "a", "stopped": "b"}]}) is None   # no rows kept
+    assert _halving_cuts([candidate("a", {"budget": 1, "against": 0, "stopped": False})]) == []   # ASHA: no cuts

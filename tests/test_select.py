@@ -486,6 +486,16 @@ def test_synchronous_halving_decides_the_same_in_any_order_and_after_a_candidate
     for c in four["candidates"]:   # judged against all the others at every rung it reached
         assert [(d["budget"], d["against"]) for d in c["halving"]] == [(1, 3), (2, 1)][:len(c["halving"])]
     assert four["winner_unjudged_rungs"] == []
+    # Each rung's cut: the last kept against the first stopped, from the rows their rung records
+    # kept; the difference is their validation losses' (the metric the halving compared).
+    loss = {(c["name"], h["budget"]): h["val_eval_loss"] for c in four["candidates"] for h in c["history"]}
+    assert [cut["budget"] for cut in four["halving_cuts"]] == [1, 2]
+    for cut in four["halving_cuts"]:
+        there = {n: v for (n, b), v in loss.items() if b == cut["budget"]}
+        order = sorted(there, key=there.get)
+        assert (cut["kept"], cut["stopped"]) == tuple(order[len(order) // 2 - 1:len(order) // 2 + 1])
+        assert cut["difference"] == pytest.approx(there[cut["stopped"]] - there[cut["kept"]], rel=1e-4, abs=1e-6)
+        assert cut["rows"] == four["task"]["splits"]["validation"] and cut["se"] > 0 and cut["z"] >= 0
     # Three candidates: only the best goes on at the first rung; four: two do.
     assert [len(c["halving"]) for c in three["candidates"]].count(1) == 2
     assert [len(c["halving"]) for c in four["candidates"]].count(1) == 2

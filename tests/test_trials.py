@@ -198,6 +198,15 @@ def test_scores_read_at_kept_positions_equal_scores_from_full_logits(micro_zoo, 
     for key in ("eval_loss", "perplexity", "gold_logprob"):
         assert one[key] == pytest.approx(two[key], rel=1e-5), key
     assert one["accuracy"] == two["accuracy"] and one["tokens"] == two["tokens"] and one["rows"] == 12
+    # Per row (what a halving cut's margin is computed from): each metric is sum(value) / sum(weight)
+    # of its rows, in either path; without per_row no row lists are returned.
+    assert not any(k.startswith("row_") for k in one)
+    for rows_of in (classification_scores(model, tokenizer, rows, per_row=True),
+                    {**response_loss(model, tokenizer, rows, per_row=True), **score_choices(model, tokenizer, rows, per_row=True)}):
+        for key in ("eval_loss", "accuracy", "gold_logprob"):
+            values = np.asarray(rows_of[f"row_{key}"], dtype=float)
+            assert values.shape == (12, 2) and values[:, 0].sum() / values[:, 1].sum() == pytest.approx(one[key], rel=1e-5), key
+        assert sum(w for _, w in rows_of["row_eval_loss"]) == one["tokens"]
     # The gold option's log-probability is the option read off the context's next-token distribution.
     fmt = PromptFormat(tokenizer)
     r = rows[0]

@@ -117,6 +117,7 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         "candidates": candidates, "ranking": ranking,
         "winner": ranking[0] if ranking else None,
         "winner_unjudged_rungs": _unjudged(candidates, ranking[0] if ranking else None),
+        "halving_cuts": _halving_cuts(candidates),
         "baselines": baselines,
         "ranking_method": config.ranking.method,
         "data_compression": compression,
@@ -142,6 +143,31 @@ def _unjudged(candidates: list[dict], winner: Optional[str]) -> list[int]:
     (asynchronous halving): there its lead is the order trials reached the rung, not a comparison."""
     halving = next((c.get("halving") for c in candidates if c["name"] == winner), None) or []
     return [d["budget"] for d in halving if d["against"] == 0 and not d["stopped"]]
+
+
+def _halving_cuts(candidates: list[dict]) -> list[dict]:
+    """Synchronous halving's cut at each rung, once per rung: the last candidate kept against the
+    first one stopped, and how many standard errors of the validation rows apart they were."""
+    cuts = {}
+    for c in candidates:
+        for d in c.get("halving") or []:
+            if d.get("cut"):
+                cuts.setdefault(d["budget"], {"budget": d["budget"], **d["cut"]})
+    return [cuts[b] for b in sorted(cuts)]
+
+
+def close_cut_note(report: dict) -> Optional[str]:
+    """One line for the CLI and report.md when a halving cut was within CLOSE_CUT_Z standard errors
+    of its validation rows: more rows might have cut the other way."""
+    from damoc.orchestrate import CLOSE_CUT_Z
+
+    close = [c for c in report.get("halving_cuts") or [] if c.get("z") is not None and c["z"] < CLOSE_CUT_Z]
+    if not close:
+        return None
+    calls = "; ".join(f"at budget {c['budget']}, {c['kept']} kept and {c['stopped']} stopped {c['difference']:.4f} apart "
+                      f"(standard error {c['se']:.4f} over {c['rows']} rows)" for c in close)
+    return (f"close halving cut(s), under {CLOSE_CUT_Z:g} standard errors: {calls}; more validation rows "
+            "(ranking.early_stopping.validation_rows) would decide them more surely")
 
 
 def unjudged_note(report: dict) -> Optional[str]:
@@ -269,6 +295,7 @@ def format_markdown(report: dict) -> str:
            + ("(higher is better)." if report["higher_is_better"] else "(lower is better)."), "",
            f"**Winner: {report['winner']}**" if report["winner"] else "**No candidate completed.**", "",
            *([f"Note: {unjudged_note(report)}.", ""] if unjudged_note(report) else []),
+           *([f"Note: {close_cut_note(report)}.", ""] if close_cut_note(report) else []),
            *([f"Note: {truth_failure_note(report)}.", ""] if truth_failure_note(report) else []),
            "| rank | candidate | status | " + metric + " | params | layers kept | train tokens | train FLOPs | wall s |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -164,49 +164,56 @@ def _choice_inputs(records: Sequence[Record], fmt: PromptFormat) -> tuple[list[l
     return contexts, options
 
 
-def _choice_summary(records: Sequence[Record], scores: Sequence[tuple[float, int]]) -> dict:
-    correct, gold_lp = 0, 0.0
+def _choice_summary(records: Sequence[Record], scores: Sequence[tuple[float, int]], per_row: bool = False) -> dict:
+    hits, gold = [], []
     cursor = 0
     for record in records:
         k = len(record["choices"])
         option_scores = np.array([scores[cursor + j][0] for j in range(k)])
         cursor += k
-        correct += int(np.argmax(option_scores) == record["label"])
+        hits.append(float(np.argmax(option_scores) == record["label"]))
         normalised = option_scores - np.logaddexp.reduce(option_scores)
-        gold_lp += float(normalised[record["label"]])
+        gold.append(float(normalised[record["label"]]))
     n = len(records)
-    return {"accuracy": correct / n, "gold_logprob": gold_lp / n, "rows": n}
+    out = {"accuracy": sum(hits) / n, "gold_logprob": sum(gold) / n, "rows": n}
+    if per_row:   # each row's (value, weight): the metric is sum(value) / sum(weight)
+        out.update(row_accuracy=[[h, 1] for h in hits], row_gold_logprob=[[g, 1] for g in gold])
+    return out
 
 
-def _loss_summary(scores: Sequence[tuple[float, int]], rows: int) -> dict:
+def _loss_summary(scores: Sequence[tuple[float, int]], rows: int, per_row: bool = False) -> dict:
     total = sum(s for s, _ in scores)
     tokens = sum(n for _, n in scores)
     loss = -total / max(tokens, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "rows": rows}
+    out = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "rows": rows}
+    if per_row:   # the loss is token-weighted: each row's (summed loss, tokens)
+        out["row_eval_loss"] = [[-s, n] for s, n in scores]
+    return out
 
 
 def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None, per_row: bool = False) -> dict:
     """Accuracy by option log-likelihood (sum over the option's tokens), plus the mean normalised
     log-probability of the gold option among the options (`gold_logprob`; chance = -log(#options)),
     which ranks models even when their accuracy has collapsed to one class."""
     contexts, options = _choice_inputs(records, _format(tokenizer, fmt))
     scores = _option_scores(model, tokenizer, contexts, options, batch_size=batch_size, max_length=max_length)
-    return _choice_summary(records, scores)
+    return _choice_summary(records, scores, per_row)
 
 
 def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+                  max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None, per_row: bool = False) -> dict:
     """Mean per-token cross-entropy of the response (with its end-of-turn) given the prompt: the
     eval loss, on exactly the tokens fine-tuning puts its loss on."""
     fmt = _format(tokenizer, fmt)
     pairs = [(fmt.context_ids(r), fmt.continuation_ids(r, r["response"], final=True)) for r in records]
     scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc="scoring responses")
-    return _loss_summary(scores, len(records))
+    return _loss_summary(scores, len(records), per_row)
 
 
 def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
-                          max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None) -> dict:
+                          max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None,
+                          per_row: bool = False) -> dict:
     """`response_loss` and `score_choices` of the same rows, with the same values.
 
     Where every option is one token (category labels usually are) and no row is cut to fit, one
@@ -220,13 +227,15 @@ def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_
     one_pass = all(len(o) == 1 for opts in options for o in opts) and \
         all(len(c) + len(r) <= limit for c, r in zip(contexts, responses))
     if not one_pass:
-        return {**response_loss(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt),
-                **score_choices(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt)}
+        return {**response_loss(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt,
+                                per_row=per_row),
+                **score_choices(model, tokenizer, records, batch_size=batch_size, max_length=max_length, fmt=fmt,
+                                per_row=per_row)}
     sums, nexts = _score_pairs(model, tokenizer, list(zip(contexts, responses)), batch_size=batch_size,
                                max_length=max_length, desc="scoring responses and options",
                                next_ids=[[o[0] for o in opts] for opts in options])
-    return {**_loss_summary(sums, len(records)),
-            **_choice_summary(records, [(lp, 1) for row in nexts for lp in row])}
+    return {**_loss_summary(sums, len(records), per_row),
+            **_choice_summary(records, [(lp, 1) for row in nexts for lp in row], per_row)}
 
 
 @torch.no_grad()
@@ -317,15 +326,18 @@ def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: O
 
 def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str, *, fmt: Optional[PromptFormat] = None,
                      generate: bool = True, bertscore: bool = True, bertscore_model: Optional[str] = None,
-                     max_new_tokens: int = 48, max_length: Optional[int] = None) -> dict:
+                     max_new_tokens: int = 48, max_length: Optional[int] = None, per_row: bool = False) -> dict:
     """Every score of a model on a task's rows: eval loss always; accuracy and the gold option's
     log-probability for classification; ROUGE-L and BERTScore of greedy generations for
-    generation (when `generate`)."""
+    generation (when `generate`). With `per_row`, also `row_<metric>`: each row's [value, weight]
+    for the loss, accuracy and gold log-probability (the metric is sum(value) / sum(weight)), so
+    that two models scored on the same rows can be compared row by row."""
     if task_type == "classification":
-        scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length)
+        scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length, per_row=per_row)
         scores.pop("tokens", None)
         return {"rows": len(records), **scores}
-    scores = {"rows": len(records), **response_loss(model, tokenizer, records, fmt=fmt, max_length=max_length)}
+    scores = {"rows": len(records), **response_loss(model, tokenizer, records, fmt=fmt, max_length=max_length,
+                                                    per_row=per_row)}
     scores.pop("tokens", None)
     if generate:
         predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt)

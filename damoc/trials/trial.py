@@ -52,6 +52,15 @@ def halving_value(metrics: dict, metric: str) -> float:
     return FAILED_LOSS if value is None else -value if METRICS[metric] else value
 
 
+def halving_row_values(rows: dict, metric: str) -> list | None:
+    """Each validation row's [value, weight] of the halving loss (lower is better; the loss is
+    sum(value) / sum(weight)), from evaluate_records' per-row scores; None without them."""
+    values = rows.get(metric)
+    if values is None:
+        return None
+    return [[-v, w] for v, w in values] if METRICS[metric] else [[v, w] for v, w in values]
+
+
 def node_id() -> str | None:
     """The Ray node this process runs on (None outside Ray), recorded in each trial's result so the
     report shows where every candidate ran."""
@@ -310,6 +319,10 @@ def run_trial(settings: dict, report: Report) -> dict:
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - started
 
+    # The halving metric's per-row values at the latest evaluation, kept in a paused trial's rung
+    # record so that synchronous halving can say how sure each cut is (orchestrate.cut_margin).
+    halving_rows: dict = {}
+
     def on_eval(step: int, progress: dict) -> None:
         # `budget` is the scheduler's clock: rf^i at the i-th rung, whatever the candidate's steps.
         budget = rf ** next(i for i, s in enumerate(rungs) if s >= step)
@@ -317,7 +330,10 @@ def run_trial(settings: dict, report: Report) -> dict:
                          "train_tokens": progress["train_tokens"] * world, "val_eval_loss": FAILED_LOSS,
                          "elapsed_s": elapsed()}
         if rank == 0:
-            scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False, **evaluate)
+            scores = evaluate_records(model, tokenizer, validation, task_type, fmt=fmt, generate=False,
+                                      per_row=pause_at is not None, **evaluate)
+            rows = {k[len("row_"):]: scores.pop(k) for k in list(scores) if k.startswith("row_")}
+            halving_rows["values"] = halving_row_values(rows, settings.get("halving_metric", "eval_loss"))
             metrics.update({f"val_{k}": v for k, v in scores.items() if k != "rows"})
             # Fine-tuning seconds so far (rung evaluations included, as in a finished trial's
             # `fine_tune`), so that a trial the scheduler stops still accounts for its training time.
@@ -362,7 +378,8 @@ def run_trial(settings: dict, report: Report) -> dict:
     wall = {k: (before["wall"].get(k, 0.0) if before else 0.0) + wall.get(k, 0.0)
             for k in dict.fromkeys([*(before["wall"] if before else {}), *wall]) if k != "total"}
     if "resume" in progress:
-        return _pause(settings, progress, history, result, wall, elapsed(), model, engine, rank, world, rf, report)
+        return _pause(settings, progress, history, result, wall, elapsed(), model, engine, rank, world, rf, report,
+                      halving_rows.get("values"))
 
     train_tokens = progress["train_tokens"] * world
     result.update(engine=type(engine).__name__, workers=world,
@@ -388,7 +405,7 @@ def run_trial(settings: dict, report: Report) -> dict:
 
 
 def _pause(settings: dict, progress: dict, history: list[dict], result: dict, wall: dict, elapsed: float, model,
-           engine, rank: int, world: int, rf: int, report: Report) -> dict:
+           engine, rank: int, world: int, rf: int, report: Report, halving_rows: list | None = None) -> dict:
     """End a slice at its rung: write the rung record (rank 0, with every worker's random state)
     and report the pause. The rung's scores were reported by its evaluation."""
     from damoc.trials.rungs import record_dir, save_record
@@ -407,7 +424,8 @@ def _pause(settings: dict, progress: dict, history: list[dict], result: dict, wa
                                        "layers_kept", "proxy_params", "compression") if k in result}
         save_record(record_dir(settings["rung_records"], budget), model, engine.optimizer, {
             "candidate": settings["candidate"]["name"], "step": state["step"], "budget": budget,
-            "halving_loss": halving_value(history[-1], metric), "history": history, "tokens": state["tokens"],
+            "halving_loss": halving_value(history[-1], metric), "halving_rows": halving_rows,
+            "history": history, "tokens": state["tokens"],
             "recent_losses": state["losses"], "info": json.loads(json.dumps(info, default=_json_default)),
             "wall": {k: round(v, 2) for k, v in wall.items()}, "elapsed_s": round(elapsed, 2)}, rngs)
     report({"step": state["step"], "budget": budget, "status": "paused", "train_loss": progress["train_loss"],
