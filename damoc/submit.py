@@ -552,14 +552,13 @@ class LocalCluster:
             raise
         return self
 
-    def add_node(self, wait: bool = True, timeout: float = 120, attempts: int = 3) -> LocalNode:
-        """Start one more node (the head first). A node that exits while starting (a port taken
-        by someone else between picking and binding) is retried on fresh ports."""
+    def add_node(self, timeout: float = 120, attempts: int = 3) -> LocalNode:
+        """Start one more node (the head first) and wait until it has registered, with its Ray
+        node id set. A node that exits while starting (a port taken by someone else between
+        picking and binding) is retried on fresh ports."""
         for attempt in range(attempts):
             known = {n.node_id for n in self.nodes if n.node_id}
             node = self._launch()
-            if not wait:
-                return node
             try:
                 node.node_id = self._wait_for_new_node(known, timeout)
                 return node

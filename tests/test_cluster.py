@@ -363,7 +363,7 @@ def test_a_trial_lost_with_its_node_runs_again_on_the_other(cluster, micro_zoo_c
         assert f"trial {restarted[0]['name']} lost its process or node; restarting it from the start (restart 1 of 1)" in logs
     finally:
         if not any(n.alive for n in cluster.nodes if not n.head):
-            cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
+            cluster.add_node()  # later tests (and reruns of this one) get two nodes again
 
 
 def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluster, micro_zoo_cache, tmp_path, cli):
@@ -389,7 +389,7 @@ def test_a_lost_node_fails_its_trial_and_a_rerun_reuses_the_finished_ones(cluste
                 assert again[name]["cached"] is False and again[name]["status"] == "ok", again[name]
     finally:
         if not any(n.alive for n in cluster.nodes if not n.head):
-            cluster.add_node(wait=True)  # later tests (and reruns of this one) get two nodes again
+            cluster.add_node()  # later tests (and reruns of this one) get two nodes again
 
 
 def test_a_node_started_right_after_one_is_killed_is_known_by_its_own_id(cluster):
@@ -401,7 +401,7 @@ def test_a_node_started_right_after_one_is_killed_is_known_by_its_own_id(cluster
     cluster.kill_node(worker)
     # Here the GCS usually still lists old_id as ALIVE (how long is Ray's health-check timing,
     # so it is not asserted).
-    new = cluster.add_node(wait=True)
+    new = cluster.add_node()
     head_id = next(n.node_id for n in cluster.nodes if n.head)
     assert new.node_id not in (None, old_id, head_id)
     assert new.node_id in {row["node_id"] for row in cluster.alive_nodes()}
