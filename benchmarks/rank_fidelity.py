@@ -589,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     # The candidates come first and off the clock: building the demo zoo (cached for every later
     # run, and the same zoo `make demo` builds) is not part of what the benchmark compares.
     zoo_seconds, weights = prepare_candidates(profile, tasks, work, cache)
+    if not args.quick and (RESULTS / "rank_fidelity.json").is_file():
+        note = other_zoo_note(json.loads((RESULTS / "rank_fidelity.json").read_text()), weights)
+        if note:
+            print(f"rank_fidelity: {note}", flush=True)
     started = time.perf_counter()
     commit = git_commit()
     results, truths, configs, task_seconds = [], {}, {}, {}
@@ -658,6 +662,22 @@ def prepare_candidates(profile: dict, tasks: list[str], work: Path, cache: Path 
             if (path / "model.safetensors").is_file():
                 weights[model] = fp.file_digest(path / "model.safetensors")
     return round(time.perf_counter() - started, 1), weights
+
+
+def other_zoo_note(published: dict, weights: dict[str, str]) -> str | None:
+    """One line naming the candidates whose weights differ from those the published run compared
+    (its `task_runs` digests), or None when every candidate both know is the same. A zoo rebuilt
+    on another kind of CPU is another zoo, even with --portable-kernels (benchmarks/README), and
+    its figures are not the published ones to expect."""
+    recorded: dict[str, str] = {}
+    for run in published.get("task_runs", {}).values():
+        recorded.update(run.get("candidate_weights_sha256", {}))
+    differ = sorted(m for m in weights if m in recorded and weights[m] != recorded[m])
+    if not differ:
+        return None
+    return (f"{len(differ)} of {len([m for m in weights if m in recorded])} candidates' weights differ from those "
+            f"the published run at {str(published.get('commit', '?'))[:7]} compared ({', '.join(differ)}): "
+            "this zoo is another build, so expect other figures (benchmarks/README, portable zoo)")
 
 
 def merge_tasks(before: dict, now: dict) -> dict:

