@@ -193,7 +193,9 @@ def truth_of(report: dict, truth_metric: str) -> dict:
         if gt.get("status") != "ok":
             raise RuntimeError(f"ground truth for {c['name']} did not complete: {gt.get('error')}")
         candidates[c["name"]] = {"params": c["params"], "test": gt["test"], "train_tokens": gt["train_tokens"],
-                                 "train_flops": gt["train_flops"], "wall_s": gt["wall_s"]}
+                                 "train_flops": gt["train_flops"], "wall_s": gt["wall_s"],
+                                 # Read by truth_over_seeds for the test-row resampling, then dropped.
+                                 "test_rows": (gt.get("test_rows") or {}).get(truth_metric)}
     scores = {n: c["test"][truth_metric] for n, c in candidates.items()}
     higher = HIGHER[truth_metric]
     return {
@@ -252,6 +254,13 @@ def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -
             "end_to_end_s": mean([t["end_to_end_s"] for t in each]),
         }
     truth["seeds"] = list(seeds)
+    rows = {n: [t["candidates"][n].pop("test_rows", None) for t in each] for n in each[0]["candidates"]}
+    truth["test_noise"] = None
+    if rows and all(r is not None for one in rows.values() for r in one):
+        # Kept in memory only (TEST_ROWS is dropped from the results file, see public_truth):
+        # score_ranking judges every ranking on the same resamples of these rows.
+        truth[TEST_ROWS] = rows
+        truth["test_noise"] = truth_noise(truth)
     truth["by_seed"] = {str(s): {"scores": t["scores"], "ranking": t["ranking"], "train_s": t["train_s"],
                                  "end_to_end_s": t["end_to_end_s"]} for s, t in zip(seeds, each)}
     truth["seed_agreement"] = []
@@ -261,6 +270,37 @@ def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -
         truth["seed_agreement"].append({"seeds": [s1, s2], "spearman": a["spearman"], "kendall": a["kendall"],
                                         "top1_same": a["top1_hit"]})
     return truth
+
+
+TEST_ROWS = "_test_rows"
+
+
+def resampled_truth(truth: dict):
+    """(names, resamples x candidates) of the ground truth's test score on bootstrap resamples of
+    its test rows (the same resamples on every call), or None without per-row scores."""
+    from damoc.ranking.agreement import resample_test_rows
+
+    rows = truth.get(TEST_ROWS)
+    return resample_test_rows(rows) if rows else None
+
+
+def truth_noise(truth: dict) -> dict | None:
+    """How far the ground truth's test rows settle its own order (agreement.truth_stability)."""
+    from damoc.ranking.agreement import truth_stability
+
+    drawn = resampled_truth(truth)
+    if drawn is None:
+        return None
+    names, resampled = drawn
+    rows = len(next(iter(truth[TEST_ROWS].values()))[0])
+    return {"rows": rows, **truth_stability(truth["scores"], names, resampled,
+                                             higher_is_better=truth["higher_is_better"])}
+
+
+def public_truth(truth: dict) -> dict:
+    """The ground truth as the results file keeps it: without its per-row test scores (a few
+    thousand numbers per task, summarised by `test_noise`)."""
+    return {k: v for k, v in truth.items() if k != TEST_ROWS}
 
 
 def rung_agreement(reports: dict | list[dict], scores: dict, higher: bool) -> list[dict]:
@@ -297,6 +337,15 @@ def score_ranking(ranking: list[str], truth: dict) -> dict:
     a = agreement(ranking_as_scores(ranking), truth["scores"], truth_higher_is_better=truth["higher_is_better"])
     out = {"ranking": ranking, "spearman": a["spearman"], "kendall": a["kendall"], "top1_hit": a["top1_hit"],
            "regret": a["regret"], "chosen": a["chosen"], "misplaced": a["misplaced"]}
+    drawn = resampled_truth(truth)
+    if drawn is not None:
+        # The same ranking against resamples of the ground truth's test rows: how much of its
+        # Spearman is the particular rows the ground truth was scored on.
+        from damoc.ranking.agreement import resampled_agreement
+
+        names, resampled = drawn
+        out["test_noise"] = resampled_agreement(ranking_as_scores(ranking), names, resampled,
+                                                truth_higher_is_better=truth["higher_is_better"])
     if len(truth.get("by_seed") or {}) > 1:
         # The same ranking against each seed's ground truth alone, so a reader can see what the
         # mean over seeds changed.
@@ -584,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {task} {row['method']} keep={row.get('keep_ratio')} "
               f"prune={row.get('prune_ratio')}: spearman {row['spearman']} top1 {row['top1_hit']} "
               f"compute x{row['compute_ratio'] or 0:.1f} e2e x{row['wall_ratio_end_to_end'] or 0:.1f} "
-              f"({row.get('run_seconds')} s)", flush=True)
+              f"({row.get('run_seconds')} s){_noise_text(row.get('test_noise'))}", flush=True)
 
     # The candidates come first and off the clock: building the demo zoo (cached for every later
     # run, and the same zoo `make demo` builds) is not part of what the benchmark compares.
@@ -617,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                    ("base" if tried is not None else "damoc"): configs,
                    **({"tried": tried} if tried is not None else {})},
         "results": results,
-        "ground_truth": truths,
+        "ground_truth": {task: public_truth(truth) for task, truth in truths.items()},
     }
     # Each task's own wall time, so a task merged into another run's file keeps what it cost.
     # Which weights each task compared: a zoo rebuilt on another CPU is not the same zoo.
@@ -828,9 +877,12 @@ def _seeds_of(payload: dict) -> list[str]:
 def results_table(payload: dict) -> str:
     seeds = _seeds_of(payload)
     per_seed = f" Spearman vs seed {' / '.join(seeds)} alone |" if seeds else ""
+    # Files written before the ground truth kept its per-row test scores have no such column.
+    noise = any(r.get("test_noise") for r in payload["results"])
     lines = ["| task | method | keep / prune | Spearman | Kendall | top-1 | regret | compute ratio | "
-             f"train wall ratio | end-to-end wall ratio | chosen |{per_seed}",
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeds else "")]
+             f"train wall ratio | end-to-end wall ratio | chosen |{per_seed}"
+             + (" Spearman, test rows resampled: median (95%) | top-1 share |" if noise else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeds else "") + ("---|---|" if noise else "")]
     order = {"damoc": 0, "data_only": 1, "model_only": 2, "curve": 3, "zero_shot": 4, "few_shot": 5, "size": 6,
              "tried": 7, "sweep": 8}
     rows = sorted(payload["results"], key=lambda r: (list(payload["ground_truth"]).index(r["task"]),
@@ -845,8 +897,39 @@ def results_table(payload: dict) -> str:
                      f"{_fmt(r['top1_hit'])} | {_fmt(r['regret'], 3)} | {_fmt(r['compute_ratio'], 1)} | "
                      f"{_fmt(r['wall_ratio_train'], 1)} | {_fmt(r['wall_ratio_end_to_end'], 1)} | {r['chosen']} |"
                      + (f" {' / '.join(_fmt((r.get('by_truth_seed') or {}).get(s, {}).get('spearman')) for s in seeds)} |"
-                        if seeds else ""))
+                        if seeds else "") + (_noise_cells(r.get("test_noise")) if noise else ""))
     return "\n".join(lines)
+
+
+def _noise_cells(noise: dict | None) -> str:
+    if not noise:
+        return " - | - |"
+    rho = noise["spearman"]
+    return f" {_fmt(rho['median'])} ({_fmt(rho['low'])} to {_fmt(rho['high'])}) | {noise['top1_share']:.0%} |"
+
+
+def _noise_text(noise: dict | None) -> str:
+    """The log line's account of a row's test_noise (empty without it)."""
+    if not noise:
+        return ""
+    rho = noise["spearman"]
+    return (f"; test rows resampled: spearman {_fmt(rho['median'])} ({_fmt(rho['low'])} to {_fmt(rho['high'])}), "
+            f"top1 {noise['top1_share']:.0%}")
+
+
+def truth_noise_note(truth: dict) -> str:
+    """What the ground truth's own test rows settle: its order against its resamples, and the
+    neighbours in it that they leave unsettled (flipped in at least 5% of resamples)."""
+    noise = truth.get("test_noise")
+    if not noise:
+        return ""
+    rho = noise["spearman"]
+    loose = [f"{f['pair'][0]} / {f['pair'][1]} {f['share']:.0%}" for f in noise["neighbour_flips"] if f["share"] >= 0.05]
+    return (f" Its {noise['rows']} test rows, resampled ({noise['resamples']} paired bootstrap resamples): its own "
+            f"order scores Spearman {_fmt(rho['median'])} ({rho['level']:.0%}: {_fmt(rho['low'])} to "
+            f"{_fmt(rho['high'])}) against them, its winner stays first in {noise['top1_share']:.0%}"
+            + (f"; neighbours the rows do not settle (resamples that swap them): {', '.join(loose)}" if loose
+               else "; every pair of neighbours keeps its order in at least 95% of them") + ".")
 
 
 def truth_table(payload: dict) -> str:
@@ -861,7 +944,8 @@ def truth_table(payload: dict) -> str:
             what = (f"test {truth['metric']}; {_fmt(truth['train_s'] / 60, 1)} min of fine-tuning, "
                     f"{_fmt(truth['end_to_end_s'] / 60, 1)} min end to end, summed over candidates")
         lines += [f"Ground truth, `{task}` ({what}): "
-                  + ", ".join(f"{n} {truth['scores'][n]:.3f}" for n in truth["ranking"]) + "."]
+                  + ", ".join(f"{n} {truth['scores'][n]:.3f}" for n in truth["ranking"]) + "."
+                  + truth_noise_note(truth)]
         if len(by_seed) > 1:
             pairs = "; ".join(f"seeds {a['seeds'][0]} and {a['seeds'][1]} agree at Spearman {_fmt(a['spearman'])}"
                               f" (Kendall {_fmt(a['kendall'])}), {'same' if a['top1_same'] else 'different'} winner"
@@ -912,8 +996,13 @@ def targets_summary(payload: dict) -> str:
         worst = (f" The demo proxy's largest misplacement: {worst['candidate']}, ranked {_ordinal(worst['rank'])} where full "
                  f"fine-tuning ranks it {_ordinal(worst['truth_rank'])} (Spearman {_fmt(worst['spearman_without'])} "
                  f"over the other candidates).") if worst and misses else ""
+        noise = damoc.get("test_noise")
+        noise = (f" Against resamples of the ground truth's test rows, damoc's Spearman is "
+                 f"{_fmt(noise['spearman']['median'])} ({_fmt(noise['spearman']['low'])} to "
+                 f"{_fmt(noise['spearman']['high'])}) and its pick is the best in {noise['top1_share']:.0%}.") \
+            if noise else ""
         lines.append(f"- `{task}`: damoc {verdict}. Zero-shot Spearman "
-                     f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}."
+                     f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}.{noise}"
                      f"{_early_truth_note(truth)}{worst}{_zero_shot_metrics_note(task, zero, truth)}")
     return "\n".join(lines)
 

@@ -220,7 +220,8 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
-    from damoc.report import close_cut_note, format_table, truth_failure_note, unjudged_note
+    from damoc.report import (close_cut_note, format_table, resampled_text, truth_rows_note, truth_failure_note,
+                              unjudged_note)
 
     config = load_config(args.config, args.overrides)
     report = run_select(config)
@@ -237,8 +238,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
         a = report["agreement"]["damoc"]
         m = a.get("misplaced")
         worst = f"; most misplaced: {m['candidate']} (ranked {m['rank']}, full fine-tuning {m['truth_rank']})" if m else ""
-        print(f"agreement with full fine-tuning: Spearman {a['spearman']}, top-1 hit {a['top1_hit']}, "
+        resampled = resampled_text(a.get("test_noise"))
+        resampled = f" (test rows resampled: {resampled})" if resampled else ""
+        print(f"agreement with full fine-tuning: Spearman {a['spearman']}{resampled}, top-1 hit {a['top1_hit']}, "
               f"regret {a['regret']}{worst}")
+        if truth_rows_note(report):
+            print(f"note: {truth_rows_note(report)}")
     if truth_failure_note(report):
         print(f"note: {truth_failure_note(report)}")
     print(f"report: {config.output.dir}/report.md, {config.output.dir}/report.json")

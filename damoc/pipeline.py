@@ -143,6 +143,9 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             # The ground truth's rungs only feed the report's diagnostics: they keep the default.
             "validation_rows": validation_rows(ranking, mode),
             "test_rows": ranking.eval_max_rows or 10**9,
+            # The ground truth keeps each test row's scores, so that the report can say which of its
+            # pairs the test rows settle. They change no score, so they are not part of its key.
+            "test_per_row": mode != "proxy",
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
             # Keys the ground truth too: it sets every trial's evaluation length (trial.py).
             "few_shot_k": ranking.few_shot_k,
@@ -164,7 +167,7 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             settings["compressed_model_dir"] = str(fp.stage_dir(cache, "model-compressed", fp.fingerprint(
                 "model-compressed", _weights_digest(paths[name]), settings["model_compression"], data_key,
                 training.seed, training.max_seq_length, training.chat_template)))
-        stable = {k: v for k, v in settings.items() if k not in ("data_dir", "compressed_model_dir")}
+        stable = {k: v for k, v in settings.items() if k not in ("data_dir", "compressed_model_dir", "test_per_row")}
         stable["candidate"] = {**settings["candidate"], "path": None}
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))

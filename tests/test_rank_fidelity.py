@@ -235,16 +235,19 @@ def test_zero_shot_is_scored_by_each_metric_it_measured():
         "winner), by eval_loss 1.00.")
 
 
-def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None) -> dict:
+def _fake_report(truth: dict, ranking: list[str], *, fine_tune_s: float = 10.0, history: dict | None = None,
+                 rows: dict | None = None) -> dict:
     """The parts of a `damoc select` report the benchmark reads, for a run whose ground truth
     scored the candidates `truth` (test accuracy) and whose proxies ranked them `ranking`;
-    `history` gives each candidate's ground-truth validation gold_logprob by step."""
+    `history` gives each candidate's ground-truth validation gold_logprob by step, `rows` its
+    per-row test accuracy ([value, weight] pairs), as a trial records them."""
     candidates = [{"name": n, "params": 1000, "score": -float(ranking.index(n)), "score_on": "test", "status": "ok",
                    "rank": ranking.index(n) + 1, "wall_s": {"fine_tune": 1.0, "total": 2.0},
                    "ground_truth": {"status": "ok", "test": {"accuracy": acc, "gold_logprob": acc - 2}, "train_tokens": 100,
                                     "train_flops": 6e5, "wall_s": {"fine_tune": fine_tune_s, "total": fine_tune_s + 2},
                                     "history": [{"step": step, "val_gold_logprob": v}
-                                                for step, v in ((history or {}).get(n) or {}).items()]}}
+                                                for step, v in ((history or {}).get(n) or {}).items()],
+                                    **({"test_rows": {"accuracy": rows[n]}} if rows and n in rows else {})}}
                   for n, acc in truth.items()]
     return {"candidates": candidates, "ranking": ranking, "metric": "gold_logprob", "higher_is_better": True,
             "cost": {"wall_s": {"data": 1.0}, "proxy_train_flops": 6e4}, "data_compression": {}, "_bench_seconds": 5.0}
@@ -413,3 +416,62 @@ def test_a_zoo_other_than_the_published_runs_is_named_before_the_run():
     assert note == ("2 of 3 candidates' weights differ from those the published run at 97ac1ee compared (b, c): "
                     "this zoo is another build, so expect other figures (benchmarks/README, portable zoo)")
     assert bench.other_zoo_note({"commit": "abc"}, {"a": "1"}) is None   # files from before task_runs
+
+
+def _right_on(correct: range, rows: int = 100) -> list[list[float]]:
+    return [[float(i in correct), 1.0] for i in range(rows)]
+
+
+def test_the_ground_truths_test_rows_are_resampled_to_show_what_they_settle(tmp_path):
+    """With per-row test scores, the ground truth reports how far its own test rows settle its
+    order (test_noise), every ranking is scored against the same resamples, and the README says
+    so; the rows themselves stay out of the results file. A ground truth read from trials cached
+    before they kept rows has no such figures, and the tables have no such column."""
+    bench = _benchmark_module()
+    # b and c differ on three of 100 rows, so the rows do not settle them; a and d are far apart.
+    rows0 = {"a": _right_on(range(0, 90)), "b": _right_on(range(0, 51)), "c": _right_on(range(2, 52)),
+             "d": _right_on(range(2, 30))}
+    rows1 = {**rows0, "d": _right_on(range(2, 32))}
+    accuracy = [{n: sum(v for v, _ in r) / 100 for n, r in one.items()} for one in (rows0, rows1)]
+    reports = [_fake_report(accuracy[0], ["a", "c", "b", "d"], rows=rows0),
+               _fake_report(accuracy[1], ["a", "c", "b", "d"], rows=rows1)]
+    truth = bench.truth_over_seeds(reports, [0, 1], "accuracy")
+    assert truth["ranking"] == ["a", "b", "c", "d"]
+    noise = truth["test_noise"]
+    assert noise["rows"] == 100 and noise["resamples"] == 1000 and noise["top1_share"] == 1.0
+    flips = {tuple(f["pair"]): f["share"] for f in noise["neighbour_flips"]}
+    assert flips[("a", "b")] == 0.0 and flips[("c", "d")] == 0.0 and 0.05 < flips[("b", "c")] < 0.5
+    assert all("test_rows" not in c for c in truth["candidates"].values())
+
+    # The proxy swaps exactly the pair the rows leave open: 0.8 against this sample, but as often
+    # 1.0 against a resample as the resamples swap b and c.
+    row = bench.score_ranking(["a", "c", "b", "d"], truth)
+    assert row["spearman"] == pytest.approx(0.8)
+    assert row["test_noise"]["spearman"]["low"] == pytest.approx(0.8)
+    assert row["test_noise"]["spearman"]["high"] == pytest.approx(1.0) and row["test_noise"]["top1_share"] == 1.0
+
+    public = bench.public_truth(truth)
+    assert bench.TEST_ROWS in truth and bench.TEST_ROWS not in public
+    json.dumps(public)
+    payload = {"ground_truth": {"t": public}, "results": [
+        {"task": "t", "method": "damoc", "keep_ratio": 0.1, "prune_ratio": 0.25, "compute_ratio": 30.0,
+         "wall_ratio_train": 9.0, "wall_ratio_end_to_end": 12.0, **row}]}
+    text = bench.truth_table(payload)
+    assert "Its 100 test rows, resampled (1000 paired bootstrap resamples)" in text
+    assert f"neighbours the rows do not settle (resamples that swap them): b / c {flips[('b', 'c')]:.0%}." in text
+    table = bench.results_table(payload).splitlines()
+    assert table[0].endswith("| Spearman, test rows resampled: median (95%) | top-1 share |")
+    assert table[2].endswith(f"({_two(0.8)} to {_two(1.0)}) | 100% |")
+    assert "Against resamples of the ground truth's test rows, damoc's Spearman is" in bench.targets_summary(payload)
+
+    # Trials cached before the rows were kept: no resampling, no column, no note.
+    old = bench.truth_over_seeds([_fake_report(accuracy[0], ["a", "b", "c", "d"], rows={"a": rows0["a"]})],
+                                 [0], "accuracy")
+    assert old["test_noise"] is None and bench.TEST_ROWS not in old
+    assert "test_noise" not in bench.score_ranking(["a", "b", "c", "d"], old)
+    payload = {"ground_truth": {"t": old}, "results": [{**payload["results"][0], "test_noise": None}]}
+    assert "resampled" not in bench.results_table(payload) + bench.truth_table(payload) + bench.targets_summary(payload)
+
+
+def _two(value: float) -> str:
+    return f"{value:.2f}"

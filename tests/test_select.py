@@ -237,6 +237,30 @@ def test_cli_prints_the_ranking(micro_zoo, micro_zoo_cache, tmp_path, cli):
     assert "| most misplaced (its rank / truth's; Spearman without it) |" in (tmp_path / "out" / "report.md").read_text()
     assert report["cost"]["ground_truth_train_tokens"] > report["cost"]["proxy_train_tokens"]  # full data vs half
     assert (tmp_path / "out" / "proxy_vs_truth.png").is_file()
+    # The ground truth keeps each test row's scores (for the rank-fidelity benchmark's resampling):
+    # one [value, weight] per row, adding up to its test score.
+    for c in report["candidates"]:
+        gt = c["ground_truth"]
+        for metric in ("accuracy", "gold_logprob", "eval_loss"):
+            rows = gt["test_rows"][metric]
+            assert len(rows) == gt["test"]["rows"]
+            assert sum(v for v, _ in rows) / sum(w for _, w in rows) == pytest.approx(gt["test"][metric], abs=1e-3)
+    # ... from which the report says how far those rows settle its order, and each ranking's
+    # Spearman over resamples of them (two candidates: +1 or -1 in every resample).
+    noise = report["ground_truth"]["test_noise"]
+    assert noise["rows"] == report["candidates"][0]["ground_truth"]["test"]["rows"] and noise["resamples"] == 1000
+    assert [f["pair"] for f in noise["neighbour_flips"]] == [report["ground_truth"]["ranking"]]
+    resampled = report["agreement"]["damoc"]["test_noise"]
+    if report["agreement"]["damoc"]["spearman"] is None:
+        # The two tie on every test row (both still at the label prior): no order to correlate
+        # with in any resample, and a tie is never settled.
+        assert resampled["spearman"]["median"] is None and noise["neighbour_flips"][0]["share"] == 1.0
+        assert "do not settle the order of" in out
+    else:
+        assert {resampled["spearman"]["low"], resampled["spearman"]["high"]} <= {-1.0, 1.0}
+        assert "(test rows resampled: " in out
+    assert "note: the ground truth's" in out
+    assert "| Spearman, test rows resampled: median (95%) |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_failed_ground_truth_is_reported_not_silently_dropped(micro_zoo, micro_zoo_cache, tmp_path, cli):

@@ -87,6 +87,57 @@ def test_agreement_names_the_candidate_a_ranking_gets_most_wrong():
     assert agreement({"a": 3, "b": 2, "c": 1}, {"a": 1, "b": 3, "c": 2})["misplaced"] is None   # too few
 
 
+def _hits(correct: range, rows: int = 100) -> list[list[float]]:
+    """Per-row [value, weight] accuracy pairs: right on the rows in `correct`."""
+    return [[float(i in correct), 1.0] for i in range(rows)]
+
+
+def test_the_ground_truths_test_rows_say_which_of_its_pairs_they_settle():
+    """Paired bootstrap over the ground truth's test rows. a is right wherever b is, and more, so
+    no resample swaps them; b and c differ on three rows only (b alone right on rows 0-1, c alone
+    on row 51), so some resamples put c ahead; d is right on a subset of c's rows."""
+    from damoc.ranking.agreement import resample_test_rows, resampled_agreement, truth_stability
+
+    rows = {"a": _hits(range(0, 90)), "b": _hits(range(0, 51)), "c": _hits(range(2, 52)), "d": _hits(range(2, 30))}
+    scores = {n: sum(v for v, _ in r) / 100 for n, r in rows.items()}
+    names, resampled = resample_test_rows(rows, resamples=500, seed=3)
+    assert names == ["a", "b", "c", "d"] and resampled.shape == (500, 4)
+    again = resample_test_rows(rows, resamples=500, seed=3)[1]
+    assert (again == resampled).all()                   # the same seed draws the same rows
+    assert abs(resampled[:, 0].mean() - scores["a"]) < 0.01
+
+    stable = truth_stability(scores, names, resampled)
+    flips = {tuple(f["pair"]): f["share"] for f in stable["neighbour_flips"]}
+    assert list(flips) == [("a", "b"), ("b", "c"), ("c", "d")]
+    assert flips[("a", "b")] == 0.0 and flips[("c", "d")] == 0.0
+    assert 0.05 < flips[("b", "c")] < 0.5
+    # Its own order meets the truth exactly unless b and c swap: 1.0 at the median, 0.8 at worst.
+    assert stable["spearman"]["median"] == pytest.approx(1.0) and stable["spearman"]["low"] == pytest.approx(0.8)
+    assert stable["top1_share"] == 1.0
+
+    backwards = resampled_agreement({"a": 1, "b": 2, "c": 3, "d": 4}, names, resampled)
+    assert backwards["spearman"]["high"] == pytest.approx(-0.8) and backwards["top1_share"] == 0.0
+    # A loss-like truth (lower is better) is sign-corrected like agreement's.
+    as_loss = resampled_agreement({"a": 4, "b": 3, "c": 2, "d": 1}, names, -resampled, truth_higher_is_better=False)
+    assert as_loss["spearman"] == stable["spearman"] and as_loss["top1_share"] == 1.0
+
+
+def test_test_rows_over_seeds_are_averaged_and_must_be_the_same_rows():
+    """Rows from two ground-truth seeds score each candidate by the mean over seeds, like the
+    ground truth over seeds; candidates scored on different rows cannot be resampled together."""
+    from damoc.ranking.agreement import resample_test_rows
+
+    # Token-weighted values (a loss): per seed the score is sum(value) / sum(weight).
+    one = [[2.0, 1.0], [6.0, 3.0]]
+    two = [[4.0, 1.0], [0.0, 1.0]]
+    names, resampled = resample_test_rows({"x": [one, two], "y": one}, resamples=200)
+    both = {(0, 0): (2.0 + 4.0) / 2, (1, 1): (2.0 + 0.0) / 2, (0, 1): (8 / 4 + 4 / 2) / 2}
+    for row in resampled:
+        assert any(row[0] == pytest.approx(v) for v in both.values()) and row[1] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same rows"):
+        resample_test_rows({"x": one, "y": one[:1]})
+
+
 def test_stopped_candidates_rank_by_rung_then_the_halving_metric():
     from damoc.orchestrate import TrialOutcome
     from damoc.ranking.scores import proxy_ranking

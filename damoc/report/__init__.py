@@ -33,6 +33,25 @@ def _round(value, digits: int = 4):
     return value
 
 
+def _test_row_noise(report: dict, rows: dict[str, list], metric: str, rankings: dict[str, list[str]]) -> None:
+    """How far the ground truth's test rows settle its order, and each ranking's agreement with it
+    over resamples of those rows (damoc.ranking.agreement): a Spearman of 0.8 against a ground
+    truth whose rows leave two neighbours open is not the same miss as against a settled one."""
+    from damoc.ranking.agreement import resample_test_rows, resampled_agreement, truth_stability
+
+    higher = METRICS[metric]
+    names, resampled = resample_test_rows(rows)
+    truth = report["ground_truth"]
+    truth["test_noise"] = {"rows": len(next(iter(rows.values()))),
+                           **truth_stability(truth["scores"], names, resampled, higher_is_better=higher)}
+    for method, order in rankings.items():
+        agreed = report["agreement"].get(method)
+        common = [n for n in names if n in order]
+        if agreed and len(common) == len(names):
+            agreed["test_noise"] = resampled_agreement(ranking_as_scores(order), names, resampled,
+                                                       truth_higher_is_better=higher)
+
+
 def _zoo_manifest(path: str) -> dict:
     manifest = Path(path).parent / "zoo.json"
     if not manifest.is_file():
@@ -102,7 +121,10 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
                                      "train_flops": t.result.get("train_flops"), "wall_s": t.result.get("wall_s"),
                                      # Its validation scores at each rung: how early the full
                                      # fine-tuning itself settles its final ranking.
-                                     "history": t.result.get("history") or []}
+                                     "history": t.result.get("history") or [],
+                                     # Each test row's [value, weight] per metric (trial.py), when
+                                     # the trial recorded them; trials cached before did not.
+                                     **({"test_rows": t.result["test_rows"]} if t.result.get("test_rows") else {})}
         candidates.append(entry)
 
     ranking = [row["name"] for row in ranking_rows if row["rank"] is not None]
@@ -134,6 +156,9 @@ def build_report(config: RunConfig, *, data: LoadedData, data_stats: dict, compr
         for method, b in baselines.items():
             agreement[method] = agreement_with_truth(ranking_as_scores(b["ranking"]), truth_scores, metric, predicted_higher=True)
         report["agreement"] = agreement
+        rows = {n: (o.result.get("test_rows") or {}).get(metric) for n, o in truth.items() if n in truth_scores}
+        if len(rows) >= 2 and all(rows.values()):
+            _test_row_noise(report, rows, metric, {"damoc": ranking, **{m: b["ranking"] for m, b in baselines.items()}})
     report["cost"] = _cost(candidates, wall, truth is not None)
     return _round(report)
 
@@ -193,6 +218,29 @@ def truth_failure_note(report: dict) -> Optional[str]:
         return f"every ground-truth fine-tuning failed ({why}), so no agreement is reported"
     return (f"ground-truth fine-tuning failed for {', '.join(failed)} ({why}); the agreement covers the other "
             f"{len(truth) - len(failed)} candidates, and the ground truth's cost counts only them")
+
+
+def resampled_text(noise: Optional[dict]) -> Optional[str]:
+    """A ranking's Spearman over resamples of the ground truth's test rows, as `0.81 (0.62 to 0.93)`."""
+    if not noise or noise["spearman"].get("median") is None:
+        return None
+    rho = noise["spearman"]
+    return f"{rho['median']:.2f} ({rho['low']:.2f} to {rho['high']:.2f})"
+
+
+def truth_rows_note(report: dict) -> Optional[str]:
+    """One line for the CLI and report.md: the ground truth's neighbours that its test rows do not
+    settle (swapped in at least 5% of the resamples), or that they settle every one."""
+    noise = (report.get("ground_truth") or {}).get("test_noise")
+    if not noise:
+        return None
+    loose = [f"{f['pair'][0]} / {f['pair'][1]} ({f['share']:.0%})" for f in noise["neighbour_flips"] if f["share"] >= 0.05]
+    if not loose:
+        return (f"the ground truth's {noise['rows']} test rows settle its order: no two neighbours swap in more than "
+                f"5% of {noise['resamples']} resamples")
+    return (f"the ground truth's {noise['rows']} test rows do not settle the order of {', '.join(loose)} (the share "
+            f"of {noise['resamples']} resamples of them that swap each pair): a ranking that swaps such a pair is not "
+            "shown wrong by these rows")
 
 
 def _compression_summary(compression: Optional[dict]) -> Optional[dict]:
@@ -342,14 +390,18 @@ def format_markdown(report: dict) -> str:
     if report.get("agreement"):
         out += ["", "## Agreement with ground truth (full fine-tuning)", "",
                 f"Ground truth: {', '.join(report['ground_truth']['ranking'])}", "",
-                "| method | Spearman | Kendall | top-1 hit | regret | most misplaced (its rank / truth's; Spearman without it) |",
-                "|---|---|---|---|---|---|"]
+                "| method | Spearman | Kendall | top-1 hit | regret | most misplaced (its rank / truth's; Spearman without it) "
+                "| Spearman, test rows resampled: median (95%) |",
+                "|---|---|---|---|---|---|---|"]
         for method, a in report["agreement"].items():
             if a:
                 m = a.get("misplaced")
                 worst = (f"{m['candidate']} ({m['rank']} / {m['truth_rank']}; {m['spearman_without']:.2f})"
                          if m else "-")
-                out.append(f"| {method} | {a['spearman']} | {a['kendall']} | {a['top1_hit']} | {a['regret']} | {worst} |")
+                out.append(f"| {method} | {a['spearman']} | {a['kendall']} | {a['top1_hit']} | {a['regret']} | {worst} "
+                           f"| {resampled_text(a.get('test_noise')) or '-'} |")
+        if truth_rows_note(report):
+            out += ["", truth_rows_note(report)]
     cost = report["cost"]
     out += ["", "## Cost", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in cost["wall_s"].items()]

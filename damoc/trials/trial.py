@@ -389,7 +389,14 @@ def run_trial(settings: dict, report: Report) -> dict:
                   history=history, rungs=rungs)
     if rank == 0:
         t = time.perf_counter()
-        result["test"] = evaluate_records(model, tokenizer, test, task_type, fmt=fmt, **evaluate)
+        scores = evaluate_records(model, tokenizer, test, task_type, fmt=fmt,
+                                  per_row=bool(settings.get("test_per_row")), **evaluate)
+        # Each test row's [value, weight] apart from the scores: what tells a close pair of ground
+        # truths apart from one the test rows cannot order (damoc.ranking.agreement.truth_stability).
+        rows = {k[len("row_"):]: scores.pop(k) for k in list(scores) if k.startswith("row_")}
+        result["test"] = scores
+        if rows:
+            result["test_rows"] = rows
         wall["evaluate"] = time.perf_counter() - t
     wall["total"] = elapsed()
     result["wall_s"] = {k: round(v, 2) for k, v in wall.items()}
