@@ -928,7 +928,7 @@ def truth_noise_note(truth: dict) -> str:
     return (f" Its {noise['rows']} test rows, resampled ({noise['resamples']} paired bootstrap resamples): its own "
             f"order scores Spearman {_fmt(rho['median'])} ({rho['level']:.0%}: {_fmt(rho['low'])} to "
             f"{_fmt(rho['high'])}) against them, its winner stays first in {noise['top1_share']:.0%}"
-            + (f"; neighbours the rows do not settle (resamples that swap them): {', '.join(loose)}" if loose
+            + (f"; neighbours the rows do not settle (resamples that swap or tie them): {', '.join(loose)}" if loose
                else "; every pair of neighbours keeps its order in at least 95% of them") + ".")
 
 

@@ -239,7 +239,7 @@ def truth_rows_note(report: dict) -> Optional[str]:
         return (f"the ground truth's {noise['rows']} test rows settle its order: no two neighbours swap in more than "
                 f"5% of {noise['resamples']} resamples")
     return (f"the ground truth's {noise['rows']} test rows do not settle the order of {', '.join(loose)} (the share "
-            f"of {noise['resamples']} resamples of them that swap each pair): a ranking that swaps such a pair is not "
+            f"of {noise['resamples']} resamples of them that swap or tie each pair): a ranking that swaps such a pair is not "
             "shown wrong by these rows")
 
 
