@@ -311,6 +311,24 @@ def test_the_table_marks_scores_of_stopped_candidates_as_validation_scores():
     assert "Scores marked (validation) are taken on the validation split" in md
 
 
+def test_the_note_names_the_ground_truth_pairs_its_test_rows_leave_open():
+    """Neighbours swapped or tied in at least 5% of the resamples are named with their shares, in
+    order; below that for every pair, the note says the rows settle the order; none without rows."""
+    from damoc.report import truth_rows_note
+
+    def report(*shares):
+        flips = [{"pair": [a, b], "share": s} for (a, b), s in zip([("a", "b"), ("b", "c"), ("c", "d")], shares)]
+        return {"ground_truth": {"test_noise": {"rows": 800, "resamples": 1000, "neighbour_flips": flips}}}
+
+    assert truth_rows_note(report(0.0, 0.28, 0.05)) == (
+        "the ground truth's 800 test rows do not settle the order of b / c, c / d: 28%, 5% of 1000 resamples of "
+        "them swap or tie them, in that order; a ranking that swaps such a pair is not shown wrong by these rows")
+    assert "do not settle the order of a / b: 49% of 1000 resamples of them swap or tie it;" in \
+        truth_rows_note(report(0.49, 0.0, 0.0))
+    assert truth_rows_note(report(0.04, 0.0, 0.01)).startswith("the ground truth's 800 test rows settle its order")
+    assert truth_rows_note({"ground_truth": {"ranking": ["a"]}}) is None and truth_rows_note({}) is None
+
+
 def test_the_note_names_the_candidates_whose_ground_truth_failed():
     from damoc.report import truth_failure_note
 

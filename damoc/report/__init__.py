@@ -234,13 +234,15 @@ def truth_rows_note(report: dict) -> Optional[str]:
     noise = (report.get("ground_truth") or {}).get("test_noise")
     if not noise:
         return None
-    loose = [f"{f['pair'][0]} / {f['pair'][1]} ({f['share']:.0%})" for f in noise["neighbour_flips"] if f["share"] >= 0.05]
+    loose = [f for f in noise["neighbour_flips"] if f["share"] >= 0.05]
     if not loose:
-        return (f"the ground truth's {noise['rows']} test rows settle its order: no two neighbours swap in more than "
-                f"5% of {noise['resamples']} resamples")
-    return (f"the ground truth's {noise['rows']} test rows do not settle the order of {', '.join(loose)} (the share "
-            f"of {noise['resamples']} resamples of them that swap or tie each pair): a ranking that swaps such a pair is not "
-            "shown wrong by these rows")
+        return (f"the ground truth's {noise['rows']} test rows settle its order: fewer than 5% of {noise['resamples']} "
+                "resamples of them swap or tie any two neighbours")
+    pairs = ", ".join(f"{f['pair'][0]} / {f['pair'][1]}" for f in loose)
+    shares = ", ".join(f"{f['share']:.0%}" for f in loose)
+    return (f"the ground truth's {noise['rows']} test rows do not settle the order of {pairs}: {shares} of "
+            f"{noise['resamples']} resamples of them swap or tie {'it' if len(loose) == 1 else 'them, in that order'}; a ranking "
+            "that swaps such a pair is not shown wrong by these rows")
 
 
 def _compression_summary(compression: Optional[dict]) -> Optional[dict]:
