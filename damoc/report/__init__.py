@@ -46,8 +46,7 @@ def _test_row_noise(report: dict, rows: dict[str, list], metric: str, rankings: 
                            **truth_stability(truth["scores"], names, resampled, higher_is_better=higher)}
     for method, order in rankings.items():
         agreed = report["agreement"].get(method)
-        common = [n for n in names if n in order]
-        if agreed and len(common) == len(names):
+        if agreed and set(names) <= set(order):   # a ranking without some candidate has no resampled figure
             agreed["test_noise"] = resampled_agreement(ranking_as_scores(order), names, resampled,
                                                        truth_higher_is_better=higher)
 
@@ -230,7 +229,7 @@ def resampled_text(noise: Optional[dict]) -> Optional[str]:
 
 def truth_rows_note(report: dict) -> Optional[str]:
     """One line for the CLI and report.md: the ground truth's neighbours that its test rows do not
-    settle (swapped in at least 5% of the resamples), or that they settle every one."""
+    settle (swapped or tied in at least 5% of the resamples), or that they settle every one."""
     noise = (report.get("ground_truth") or {}).get("test_noise")
     if not noise:
         return None
