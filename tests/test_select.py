@@ -694,12 +694,32 @@ def test_generation_trial_scores_rouge_and_bertscore(micro_zoo, tmp_path):
     for split, rows in data.splits.items():
         write_jsonl(tmp_path / f"{split}.jsonl", rows)
     settings = dict(trial_settings(str(micro_zoo / "micro-gemma-wide-general"), tmp_path, packing=True),
-                    task_type="generation")
+                    task_type="generation", test_per_row=True)
     result = run_trial(settings, lambda m: None)
     assert result["status"] == "ok", result.get("error")
     test = result["test"]
     assert 0 <= test["rouge_l"] <= 1 and 0 <= test["bertscore"] <= 1 and test["eval_loss"] > 0
     assert "accuracy" not in test
+    # A ground truth (test_per_row) keeps each test row's score for every metric it may be ranked
+    # by, generation's included, so its test rows can be resampled (damoc.ranking.agreement).
+    rows = result["test_rows"]
+    assert set(rows) == {"eval_loss", "rouge_l", "bertscore"}
+    for key in ("rouge_l", "bertscore"):
+        assert len(rows[key]) == 8 and all(w == 1 and 0 <= v <= 1 for v, w in rows[key]), key
+        assert sum(v for v, _ in rows[key]) / 8 == pytest.approx(test[key], abs=1e-9), key
+    assert not any(k.startswith("row_") for k in test)
+
+
+def test_rouge_l_is_scored_row_by_row():
+    from damoc.trials.evaluate import rouge_l, rouge_l_scores
+
+    predictions = ["the cat sat on the mat", "a dog", "cats sitting"]
+    references = ["the cat sat on the mat", "the cat", "a cat sat"]
+    scores = rouge_l_scores(predictions, references)
+    assert scores[0] == 1.0 and scores[1] == 0.0
+    assert 0 < scores[2] < 1   # "cats" stems to "cat"; "sitting" is not "sat"
+    assert rouge_l(predictions, references) == pytest.approx(sum(scores) / 3)
+    assert rouge_l([], []) == 0.0
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -285,12 +285,17 @@ def generate_responses(model, tokenizer, records: Sequence[Record], *, max_new_t
     return outputs
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (the rouge-score package, with stemming)."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Each row's ROUGE-L F1 (the rouge-score package, with stemming)."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return [float(scorer.score(ref, pred)["rougeL"].fmeasure) for pred, ref in zip(predictions, references)]
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (the rouge-score package, with stemming)."""
+    scores = rouge_l_scores(predictions, references)
     return float(np.mean(scores)) if scores else 0.0
 
 
@@ -309,10 +314,8 @@ def make_bertscorer(model: Optional[str] = None):
     return BERTScorer(model_type=model, lang="en", use_fast_tokenizer=True)
 
 
-def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
-    """Mean BERTScore F1 (the bert-score package), with the scorer of `make_bertscorer(model)`."""
-    if not predictions:
-        return 0.0
+def bertscore_f1_scores(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> list[float]:
+    """Each row's BERTScore F1 (the bert-score package), with the scorer of `make_bertscorer(model)`."""
     # An empty prediction scores 0 here: bert-score's own empty-candidate path calls a tokenizer
     # method transformers 5 removed.
     f1 = np.zeros(len(predictions), dtype=np.float64)
@@ -321,7 +324,13 @@ def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: O
         _, _, values = make_bertscorer(model).score([predictions[i] for i in scored], [references[i] for i in scored],
                                                     verbose=False)
         f1[scored] = values.numpy()
-    return float(f1.mean())
+    return f1.tolist()
+
+
+def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
+    """Mean BERTScore F1 (the bert-score package), with the scorer of `make_bertscorer(model)`."""
+    scores = bertscore_f1_scores(predictions, references, model)
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str, *, fmt: Optional[PromptFormat] = None,
@@ -330,8 +339,8 @@ def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str
     """Every score of a model on a task's rows: eval loss always; accuracy and the gold option's
     log-probability for classification; ROUGE-L and BERTScore of greedy generations for
     generation (when `generate`). With `per_row`, also `row_<metric>`: each row's [value, weight]
-    for the loss, accuracy and gold log-probability (the metric is sum(value) / sum(weight)), so
-    that two models scored on the same rows can be compared row by row."""
+    for every score (the metric is sum(value) / sum(weight); a ROUGE-L or BERTScore row weighs 1),
+    so that two models scored on the same rows can be compared row by row."""
     if task_type == "classification":
         scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length, per_row=per_row)
         scores.pop("tokens", None)
@@ -342,7 +351,11 @@ def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str
     if generate:
         predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt)
         references = [r["response"] for r in records]
-        scores["rouge_l"] = rouge_l(predictions, references)
+        rows = {"rouge_l": rouge_l_scores(predictions, references)}
         if bertscore:
-            scores["bertscore"] = bertscore_f1(predictions, references, bertscore_model)
+            rows["bertscore"] = bertscore_f1_scores(predictions, references, bertscore_model)
+        for key, values in rows.items():
+            scores[key] = float(np.mean(values)) if values else 0.0
+            if per_row:
+                scores[f"row_{key}"] = [[v, 1] for v in values]
     return scores
