@@ -327,12 +327,6 @@ def bertscore_f1_scores(predictions: Sequence[str], references: Sequence[str], m
     return f1.tolist()
 
 
-def bertscore_f1(predictions: Sequence[str], references: Sequence[str], model: Optional[str] = None) -> float:
-    """Mean BERTScore F1 (the bert-score package), with the scorer of `make_bertscorer(model)`."""
-    scores = bertscore_f1_scores(predictions, references, model)
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str, *, fmt: Optional[PromptFormat] = None,
                      generate: bool = True, bertscore: bool = True, bertscore_model: Optional[str] = None,
                      max_new_tokens: int = 48, max_length: Optional[int] = None, per_row: bool = False) -> dict:
