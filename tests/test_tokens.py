@@ -96,6 +96,44 @@ def test_force_keep_classes_literals_and_phrases():
     assert kept([], ["he"]) == set()
 
 
+def test_the_cue_class_is_a_short_last_line():
+    def kept(text):
+        units = split_units(text, [m.span() for m in re.finditer(r"\s*\S+", text)])
+        return [text[u.word_start:u.word_end] for u, f in zip(units, forced_units(text, units, ["cue"])) if f]
+
+    assert kept("Term: gum\nKind of: resin\nAnswer:") == ["Answer:"]
+    assert kept("Translate this\n### Response:\n") == ["###", "Response:"]        # trailing newline
+    assert kept("Question: what is it?\nWrite the answer here now") == []     # 5 words: content, not a cue
+    assert kept("Answer the question:") == []                                   # one line: no cue
+    assert kept("Answer:") == []
+
+
+class WordScorer:
+    """A stand-in scorer LM: whitespace words are tokens, and each text's earlier words score
+    higher (so a last line is what self-information would drop first)."""
+
+    def token_nll(self, texts, contexts=None, *, batch_size=16):
+        out = []
+        for text in texts:
+            n = len(re.findall(r"\s*\S+", text))
+            out.append(word_tokens(text, [float(n - i) for i in range(n)]))
+        return out
+
+    def count_tokens(self, texts):
+        return count_words(texts)
+
+
+def test_the_prompt_cue_is_kept_and_a_response_has_none():
+    row = {"id": "r", "prompt": "Describe the red ball\nAnswer:", "response": "a big red ball\nthe end",
+           "choices": None, "label": None, "meta": {}}
+    out, info = compress_records(WordScorer(), [row], prompt_rate=0.6, response_rate=0.5)
+    assert out[0]["prompt"] == "Describe the\nAnswer:"                 # the cue displaces "red"
+    assert out[0]["response"] == "a big red"                              # a response's last line is not a cue
+    assert info[0]["prompt"]["tokens_out"] == info[0]["prompt"]["target"] == 3
+    bare, _ = compress_records(WordScorer(), [row], prompt_rate=0.6, response_rate=0.5, force_keep=[])
+    assert bare[0]["prompt"] == "Describe the red"
+
+
 def test_compress_text_keeps_the_best_words_in_order():
     text = "alpha beta gamma delta epsilon zeta"
     scores = word_tokens(text, [1, 6, 2, 5, 4, 3])
@@ -202,6 +240,7 @@ def test_classification_responses_and_choice_text_are_never_dropped(scorer):
         assert set(new["meta"]["compressed_from"]) == {"prompt"}
         assert new["meta"]["compressed_from"]["prompt"] == row["prompt"]
         assert new["prompt"] != row["prompt"]
+        assert new["prompt"].endswith("\nAnswer:") and row["prompt"].endswith("\nAnswer:")   # the cue
         question = row["prompt"].split("Question:")[1]
         for choice in row["choices"]:                                   # every occurrence kept
             expected = len(re.findall(rf"(?<!\w){choice}(?!\w)", row["prompt"], re.IGNORECASE))

@@ -22,9 +22,15 @@ with smaller ones, and tops up a remaining gap of 2+ tokens with a token prefix 
 left; `compress_text` then re-tokenizes the result and, when joining words changed the count (a
 first word that lost its leading space, for instance), re-selects with a corrected budget.
 
-Never dropped: words with digits and negations (the default `force_keep` classes), any literal
-word or phrase listed in `force_keep`, and choice texts where they occur in a classification
-prompt; a classification row's response (the gold option) is left intact.
+Never dropped: words with digits and negations, a prompt's answer cue (the default `force_keep`
+classes), any literal word or phrase listed in `force_keep`, and choice texts where they occur in
+a classification prompt; a classification row's response (the gold option) is left intact.
+
+The cue is a prompt's last line when it is short ("Answer:", "Definition:", "### Response:"). It
+is the most predictable text of a templated prompt, so self-information drops it first, yet it is
+what the loss on the response is conditioned on, and every prompt at evaluation and inference ends
+with it: a model fine-tuned on prompts without it learns to answer after the wrong text. On the
+bundled lexcat task at prompt keep 0.5 it was dropped from all 600 rows of a proxy's sample.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from damoc.data.lm import ScorerLM, TokenScores, question_context
 
 FIELDS = ("prompt", "response")
 RESPONSE_SCORES = ("conditional", "contrastive")
-FORCE_KEEP_CLASSES = ("digits", "negations")
+FORCE_KEEP_CLASSES = ("digits", "negations", "cue")
+CUE_MAX_WORDS = 3           # a longer last line is content (a question, an instruction), not a cue
 
 _UNIT = re.compile(r"\s*\S+")
 _LETTERS = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
@@ -124,7 +131,8 @@ def unit_scores(units: Sequence[Unit], token_scores: np.ndarray) -> np.ndarray:
 def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = FORCE_KEEP_CLASSES,
                  phrases: Iterable[str] = ()) -> np.ndarray:
     """Which units must be kept: `force_keep` classes ("digits": a word containing a digit;
-    "negations": not/no/never/..., n't forms), every other `force_keep` entry and every one of
+    "negations": not/no/never/..., n't forms; "cue": the words of the text's last line when it
+    has at most CUE_MAX_WORDS, meant for prompts), every other `force_keep` entry and every one of
     `phrases` (e.g. the choices of a classification row) as a literal matched case-insensitively
     on whole words; a phrase of several words keeps every unit it touches."""
     force_keep = list(force_keep)
@@ -135,6 +143,8 @@ def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = F
         word = text[unit.word_start:unit.word_end]
         keep[k] = (digits and any(ch.isdigit() for ch in word)) or (negations and _is_negation(word))
     spans = []
+    if "cue" in force_keep:
+        spans += cue_spans(text)
     for literal in literals:
         literal = literal.strip()
         if not literal:
@@ -146,6 +156,17 @@ def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = F
         for k, unit in enumerate(units):
             keep[k] |= any(lo < unit.word_end and hi > unit.word_start for lo, hi in spans)
     return keep
+
+
+def cue_spans(text: str) -> list[tuple[int, int]]:
+    """The span of `text`'s last non-empty line when it has 1..CUE_MAX_WORDS words, else none. A
+    text of one line has no cue (its last line is all of it)."""
+    body = text.rstrip()
+    start = body.rfind("\n") + 1
+    if start == 0:
+        return []
+    words = _UNIT.findall(body[start:])
+    return [(start, len(body))] if 0 < len(words) <= CUE_MAX_WORDS else []
 
 
 def _is_negation(word: str) -> bool:
@@ -335,6 +356,7 @@ def compress_records(lm: ScorerLM, records: list[dict], *, prompt_rate: float, r
     if isinstance(force_keep, str):
         raise TypeError("force_keep must be a list of classes/words, not a string")
     force_keep = list(force_keep)
+    response_keep = [w for w in force_keep if w != "cue"]      # a cue ends a prompt, not an answer
     for record in records:
         for name in FIELDS:
             value = record.get(name)
@@ -375,7 +397,8 @@ def compress_records(lm: ScorerLM, records: list[dict], *, prompt_rate: float, r
             if (name, i) in scored:
                 rate = prompt_rate if name == "prompt" else response_rate
                 phrases = (record.get("choices") or ()) if name == "prompt" and classification(record) else ()
-                result = compress_text(text, scored[(name, i)], rate, lm.count_tokens, force_keep=force_keep, phrases=phrases)
+                result = compress_text(text, scored[(name, i)], rate, lm.count_tokens,
+                                       force_keep=force_keep if name == "prompt" else response_keep, phrases=phrases)
             else:
                 n = counts[(name, i)]
                 result = Compressed(text, n, n, n, 0)
