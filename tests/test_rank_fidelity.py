@@ -93,6 +93,31 @@ def _benchmark_module():
     return load_benchmark("rank_fidelity")
 
 
+def test_each_ablation_drops_one_compression_of_the_demo_proxy(tmp_path):
+    """model_only trains on every row, whole (no filter and no key-token compression); data_only
+    compresses the data as the demo does and prunes nothing; the sweep keeps the demo's token
+    compression. Built from jobs/demo.yaml itself, so a change there is checked here."""
+    from damoc.config.load import validate_config
+
+    bench = _benchmark_module()
+    profile = bench.PROFILES["full"]
+    base = bench.base_config(profile, "wordnet-defgen", tmp_path, None)
+    demo_tokens = bench.token_keep(base)
+    assert demo_tokens is not None and demo_tokens["prompt"] < 1.0      # the demo compresses prompts
+    runs = bench.method_configs(profile, "wordnet-defgen", base)
+    settings = {name: bench.proxy_settings(cfg) for name, cfg in runs.items()}
+    demo = bench.proxy_settings(base)
+    assert settings["model_only"] == {"filter": "none", "keep_ratio": 1.0, "prune_ratio": demo["prune_ratio"],
+                                      "token_keep": None}
+    assert settings["data_only"] == {**demo, "prune_ratio": 0.0}
+    sweeps = [v for k, v in settings.items() if k.startswith("sweep")]
+    assert len(sweeps) == len(profile["sweep"]["wordnet-defgen"])
+    assert all(v["token_keep"] == demo_tokens for v in sweeps) and settings["curve"]["token_keep"] == demo_tokens
+    assert len({cfg["output"]["dir"] for cfg in runs.values()}) == len(runs)      # one output dir each
+    for name, cfg in runs.items():
+        validate_config(cfg, name)
+
+
 def test_try_file_is_checked_before_anything_runs(tmp_path, capsys):
     """`--try FILE`: a malformed settings file is refused with one line naming the file and the
     entry, exit 2, before Ray starts and without writing the results file."""
