@@ -163,9 +163,10 @@ def variant(config: dict, name: str, *, keep: float | None = None, prune: float 
     return out
 
 
-def without_data_compression(config: dict) -> dict:
-    """`config` with every row, whole: no filter, no key-token compression, no rewriting."""
-    out = variant(config, Path(config["output"]["dir"]).name, keep=1.0)
+def without_data_compression(config: dict, name: str) -> dict:
+    """`config` as run `name` with every row, whole: no filter, no key-token compression, no
+    rewriting."""
+    out = variant(config, name, keep=1.0)
     dc = out.setdefault("data_compression", {})
     for step in ("tokens", "rewrite"):
         dc[step] = {**dc.get(step, {}), "enabled": False}
@@ -487,7 +488,7 @@ def method_configs(profile: dict, task: str, base: dict) -> dict[str, dict]:
     for keep, prune in profile["sweep"][task]:  # (data keep ratio, layer prune ratio) points
         runs[f"sweep_keep{keep}_prune{prune}"] = variant(base, f"sweep_keep{keep}_prune{prune}", keep=keep, prune=prune)
     runs["data_only"] = variant(base, "data_only", prune=0.0)
-    runs["model_only"] = without_data_compression(variant(base, "model_only"))
+    runs["model_only"] = without_data_compression(base, "model_only")
     runs["curve"] = variant(base, "curve", keep=profile["curve"]["keep"], method="curve",
                             early_stopping={"scheduler": "none", "rungs": profile["curve"]["rungs"]})
     return runs
