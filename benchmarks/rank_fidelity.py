@@ -2,6 +2,7 @@
 
     python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (53 min cold on 2 cores, measured; minutes once cached)
     python benchmarks/rank_fidelity.py --truth-seeds 0,1   # the ground truth over two seeds (about 25 min more)
+    python benchmarks/rank_fidelity.py --proxy-seeds 0,1,2,3,4   # the default proxy repeated with 5 training seeds
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
     python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
     python benchmarks/rank_fidelity.py --try FILE --tasks wordnet-lexcat   # other proxy settings vs the same ground truth
@@ -30,6 +31,12 @@ run with each seed and each candidate is scored by its mean test score over them
 each seed's own ranking, their agreement (`seed_agreement`: how far full fine-tuning repeats itself)
 and every method's Spearman against each seed alone (`by_truth_seed`) are kept beside it. Costs stay
 those of one full fine-tune per candidate.
+
+The default proxy's figures are one draw of its training seed (which rows it keeps, their order,
+dropout). With `--proxy-seeds 0,1,2` it is run again with each seed, against the same ground truth;
+the `damoc` row keeps the job's own seed (the run `damoc select` gives) and carries each seed's
+figures (`by_proxy_seed`) and their spread (`proxy_seeds`: Spearman median, min and max, how many
+seeds hit top-1 and how many meet all four targets).
 
 Writes benchmarks/results/rank_fidelity.json ({"commit", "machine", "config", "results",
 "ground_truth"}; each task's ground truth also has `rung_agreement`, how well its own validation
@@ -95,6 +102,10 @@ PROFILES = {
         # and only a second seed tells which case a run is in. The published run at dc92f05 used two;
         # those since use one.
         "truth_seeds": [0],
+        # The demo proxy is run with training seeds 1 and 2 too (its row sample, data order and
+        # dropout): with one seed, its figures are one draw (defgen ranked at 0.90, 0.86 and 0.83
+        # with seeds 0, 1 and 2 on the Intel build). About 2.5 min per seed for both tasks.
+        "proxy_seeds": [0, 1, 2],
         "sweep": {task: [(0.005, 0.25), (0.02, 0.25), (0.1, 0.25), (0.05, 0.5)]
                   for task in ("wordnet-lexcat", "wordnet-defgen")},
         # The curve ranker needs every candidate's whole curve (no early stopping). It runs on the
@@ -115,6 +126,7 @@ PROFILES = {
         "eval_max_rows": {"wordnet-lexcat": 32, "wordnet-defgen": 32},
         "truth_training": {"method": "full", "learning_rate": 3.0e-3, "epochs": 1, "batch_size": 8},
         "truth_seeds": [0],
+        "proxy_seeds": [0, 1],   # one repeat of the demo proxy, so CI runs that path too
         "sweep": {"wordnet-lexcat": [(0.5, 0.0), (1.0, 0.0)], "wordnet-defgen": [(0.5, 0.0), (1.0, 0.0)]},
         "curve": {"rungs": 3, "keep": None},
     },
@@ -457,6 +469,9 @@ def run_task(profile: dict, task: str, work: Path, cache: Path | None, log) -> t
     results += baseline_results(task, report, truth)
     configs["damoc"] = damoc_cfg
     log(task, results[0])
+    if profile.get("proxy_seeds"):
+        results[0].update(repeat_over_proxy_seeds(task, base, results[0], damoc_cfg, truth,
+                                                  profile["proxy_seeds"], log))
 
     for name, cfg in method_configs(profile, task, base).items():
         report = run(cfg)
@@ -492,6 +507,54 @@ def method_configs(profile: dict, task: str, base: dict) -> dict[str, dict]:
     runs["curve"] = variant(base, "curve", keep=profile["curve"]["keep"], method="curve",
                             early_stopping={"scheduler": "none", "rungs": profile["curve"]["rungs"]})
     return runs
+
+
+def proxy_seed_config(base: dict, seed: int) -> dict:
+    """The default proxy with another training seed: its row sample, data order and dropout change;
+    the ground truth (its own pinned seed) and every other setting stay, so the ground truth and
+    the data stages it shares come from the stage cache. No baselines: they do not depend on the
+    proxy's seed and are the job seed's run's."""
+    cfg = variant(base, f"damoc_seed{seed}")
+    cfg.setdefault("training", {})["seed"] = seed
+    return cfg
+
+
+SEED_FIGURES = ("ranking", "spearman", "kendall", "top1_hit", "regret", "chosen", "compute_ratio",
+                "wall_ratio_train", "wall_ratio_end_to_end", "end_to_end_s")
+
+
+def repeat_over_proxy_seeds(task: str, base: dict, damoc_row: dict, damoc_cfg: dict, truth: dict,
+                            seeds: list[int], log) -> dict:
+    """The default proxy run again with each training seed in `seeds` and scored against the same
+    ground truth. The job's own seed is the `damoc` row's run, not repeated. Returns the fields
+    the `damoc` row gains: each seed's figures and their spread."""
+    job_seed = (damoc_cfg.get("training") or {}).get("seed", 0)
+    by_seed = {}
+    for seed in seeds:
+        if seed == job_seed:
+            row, reused = damoc_row, True
+        else:
+            cfg = proxy_seed_config(base, seed)
+            row, reused = method_result(task, "damoc", run(cfg), truth, cfg), False
+            log(task, {**row, "method": f"damoc (training seed {seed})"})
+        figures = {k: row.get(k) for k in SEED_FIGURES}
+        figures.update(targets_missed=target_misses(row), reused=reused)
+        if row.get("by_truth_seed"):
+            figures["by_truth_seed"] = {s: v["spearman"] for s, v in row["by_truth_seed"].items()}
+        by_seed[str(seed)] = figures
+    return {"training_seed": job_seed, "by_proxy_seed": by_seed, "proxy_seeds": proxy_seed_summary(by_seed)}
+
+
+def proxy_seed_summary(by_seed: dict[str, dict]) -> dict:
+    """How the default proxy's figures spread over its training seeds."""
+    import statistics
+
+    rho = [v["spearman"] for v in by_seed.values() if v.get("spearman") is not None and math.isfinite(v["spearman"])]
+    return {"seeds": [int(s) for s in by_seed], "runs": len(by_seed),
+            "spearman_median": statistics.median(rho) if rho else None,
+            "spearman_min": min(rho) if rho else None, "spearman_max": max(rho) if rho else None,
+            "top1_hits": sum(bool(v.get("top1_hit")) for v in by_seed.values()),
+            "all_targets_met": sum(not v.get("targets_missed") for v in by_seed.values())}
 
 
 def truth_with_seeds(cfg: dict, report: dict, seeds: list[int], truth_metric: str) -> dict:
@@ -612,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth-seeds", metavar="SEEDS",
                         help="comma-separated seeds of the ground truth's full fine-tuning, scored by their "
                              "mean (default: 0; the published run used 0,1, about 25 min more cold)")
+    parser.add_argument("--proxy-seeds", metavar="SEEDS",
+                        help="comma-separated training seeds to repeat the default proxy (damoc) with, against "
+                             "the same ground truth, reporting each seed's figures and their spread (default: "
+                             "0,1,2; 0 for the job's seed alone; about 2.5 min per extra seed for both tasks)")
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
@@ -630,12 +697,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank_fidelity: unknown task {unknown[0]!r} (bundled: {', '.join(TASKS)})", file=sys.stderr)
         return 2
     profile = PROFILES[mode]
-    if args.truth_seeds is not None:
-        try:
-            profile = {**profile, "truth_seeds": parse_seeds(args.truth_seeds)}
-        except ValueError as e:
-            print(f"rank_fidelity: {e}", file=sys.stderr)
-            return 2
+    for flag, key, text in (("--truth-seeds", "truth_seeds", args.truth_seeds),
+                            ("--proxy-seeds", "proxy_seeds", args.proxy_seeds)):
+        if text is not None:
+            try:
+                profile = {**profile, key: parse_seeds(text, flag)}
+            except ValueError as e:
+                print(f"rank_fidelity: {e}", file=sys.stderr)
+                return 2
+    if args.proxy_seeds is not None and args.tried:
+        print("rank_fidelity: --proxy-seeds repeats the full run's default proxy; with --try, give each entry "
+              "its own training.seed", file=sys.stderr)
+        return 2
     work = Path(args.work or ROOT / "runs" / f"rank_fidelity{'_quick' if args.quick else ''}").resolve()
     cache = Path(args.cache).resolve() if args.cache else None
     tried, tried_pairs = None, {}
@@ -714,14 +787,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`--truth-seeds`: "0,1" -> [0, 1]; distinct non-negative integers, at least one."""
+def parse_seeds(text: str, flag: str = "--truth-seeds") -> list[int]:
+    """`--truth-seeds` / `--proxy-seeds`: "0,1" -> [0, 1]; distinct non-negative integers, at least one."""
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isdigit() for p in parts):
-        raise ValueError(f"--truth-seeds {text!r}: expected comma-separated non-negative integers, e.g. 0,1")
+        raise ValueError(f"{flag} {text!r}: expected comma-separated non-negative integers, e.g. 0,1")
     seeds = [int(p) for p in parts]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--truth-seeds {text!r}: a seed is given twice")
+        raise ValueError(f"{flag} {text!r}: a seed is given twice")
     return seeds
 
 
@@ -1031,7 +1104,49 @@ def targets_summary(payload: dict) -> str:
             if noise else ""
         lines.append(f"- `{task}`: damoc {verdict}. Zero-shot Spearman "
                      f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}.{noise}"
-                     f"{_early_truth_note(truth)}{worst}{_zero_shot_metrics_note(task, zero, truth)}")
+                     f"{_proxy_seeds_note(damoc)}{_early_truth_note(truth)}{worst}"
+                     f"{_zero_shot_metrics_note(task, zero, truth)}")
+    return "\n".join(lines)
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds[:-1])) + f" and {seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+
+
+def _proxy_seeds_note(damoc: dict) -> str:
+    """The default proxy's spread over its training seeds (`--proxy-seeds`), when measured: the
+    verdict above is the job's own seed, one draw of them."""
+    spread = damoc.get("proxy_seeds")
+    if not spread or spread["runs"] < 2:
+        return ""
+    n = spread["runs"]
+    return (f" Over training seeds {_seed_list(spread['seeds'])} of the demo proxy: Spearman median "
+            f"{_fmt(spread['spearman_median'])} ({_fmt(spread['spearman_min'])} to {_fmt(spread['spearman_max'])}), "
+            f"top-1 in {spread['top1_hits']} of {n}, all four targets in {spread['all_targets_met']} of {n}.")
+
+
+def proxy_seeds_table(payload: dict) -> str:
+    """One line per task and training seed of the default proxy (`--proxy-seeds`), or "" when the
+    run repeated it with no other seed."""
+    rows = [r for r in payload["results"] if r["method"] == "damoc" and len(r.get("by_proxy_seed") or {}) > 1]
+    if not rows:
+        return ""
+    seeds = _seeds_of(payload)
+    per_seed = f" Spearman vs seed {' / '.join(seeds)} alone |" if seeds else ""
+    lines = ["The demo proxy repeated with other training seeds (its row sample, data order and dropout), "
+             "against the same ground truth; `damoc` above is the job's own seed:",
+             "",
+             "| task | training seed | Spearman | Kendall | top-1 | regret | compute ratio | end-to-end wall ratio | "
+             f"chosen |{per_seed} targets missed |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if seeds else "") + "---|"]
+    for r in rows:
+        for seed, v in r["by_proxy_seed"].items():
+            own = " (the job's)" if int(seed) == r.get("training_seed", 0) else ""
+            lines.append(f"| {r['task']} | {seed}{own} | {_fmt(v['spearman'])} | {_fmt(v['kendall'])} | "
+                         f"{_fmt(v['top1_hit'])} | {_fmt(v['regret'], 3)} | {_fmt(v['compute_ratio'], 1)} | "
+                         f"{_fmt(v['wall_ratio_end_to_end'], 1)} | {v['chosen']} |"
+                         + (f" {' / '.join(_fmt((v.get('by_truth_seed') or {}).get(s)) for s in seeds)} |" if seeds else "")
+                         + f" {'; '.join(v['targets_missed']) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -1106,7 +1221,10 @@ def _rows_cache_note(payload: dict) -> str:
     percent, so under a tenth means the task's minutes in the note above are not what it cost."""
     notes = []
     for task, run in (payload.get("task_runs") or {}).items():
-        recorded = sum(r.get("end_to_end_s") or 0.0 for r in payload.get("results", []) if r.get("task") == task)
+        rows = [r for r in payload.get("results", []) if r.get("task") == task]
+        recorded = sum(r.get("end_to_end_s") or 0.0 for r in rows) + sum(
+            v.get("end_to_end_s") or 0.0 for r in rows for v in (r.get("by_proxy_seed") or {}).values()
+            if not v.get("reused"))
         if run.get("seconds") is not None and recorded and run["seconds"] < 0.1 * recorded:
             notes.append(f"`{task}` ({run['seconds'] / 60:.0f} min here; {recorded / 60:.0f} min of trials "
                          "and data stages summed over its rows when they were computed)")
@@ -1126,10 +1244,17 @@ def _zoo_note(payload: dict) -> str:
 
 def _command(payload: dict) -> str:
     """The command that wrote `payload` (the README names it beside the figures)."""
-    seeds = payload["config"]["profile"].get("truth_seeds")
-    if seeds is None or seeds == PROFILES["full"]["truth_seeds"]:
+    profile, default = payload["config"]["profile"], PROFILES["full"]
+    flags = []
+    for key, flag in (("truth_seeds", "--truth-seeds"), ("proxy_seeds", "--proxy-seeds")):
+        # Files written before a key existed ran with what is now its default only for truth_seeds;
+        # before proxy_seeds, the proxy ran with the job's seed alone.
+        seeds = profile.get(key, default["truth_seeds"] if key == "truth_seeds" else [0])
+        if seeds != default[key]:
+            flags.append(f"{flag} {','.join(map(str, seeds))}")
+    if not flags:
         return "`python benchmarks/rank_fidelity.py` (`make bench`)"
-    return f"`python benchmarks/rank_fidelity.py --truth-seeds {','.join(map(str, seeds))}`"
+    return f"`python benchmarks/rank_fidelity.py {' '.join(flags)}`"
 
 
 def update_readme(payload: dict, out: Path) -> None:
@@ -1150,6 +1275,7 @@ def update_readme(payload: dict, out: Path) -> None:
         "",
         results_table(payload),
         "",
+        *([proxy_seeds_table(payload), ""] if proxy_seeds_table(payload) else []),
         f"![proxy vs ground truth]({stem}_scatter.png)",
         f"![fidelity vs cost]({stem}_frontier.png)",
         END,

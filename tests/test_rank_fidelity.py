@@ -82,6 +82,15 @@ def test_quick_benchmark_writes_the_results_schema(micro_zoo, micro_zoo_cache, t
         # Each ablation drops one of the two compressions and keeps the other as the proxy has it.
         assert (model_only["keep_ratio"], model_only["prune_ratio"]) == (1.0, damoc["prune_ratio"])
         assert (data_only["keep_ratio"], data_only["prune_ratio"]) == (damoc["keep_ratio"], 0.0)
+        # The demo proxy run again with training seed 1, scored against the same ground truth.
+        assert set(damoc["by_proxy_seed"]) == {"0", "1"} and damoc["training_seed"] == 0
+        assert damoc["by_proxy_seed"]["0"]["reused"] and damoc["by_proxy_seed"]["0"]["spearman"] == damoc["spearman"]
+        again = damoc["by_proxy_seed"]["1"]
+        assert not again["reused"] and sorted(again["ranking"]) == sorted(CANDIDATES) and again["compute_ratio"] > 1
+        assert again["top1_hit"] == (again["chosen"] == payload["ground_truth"][task]["ranking"][0])
+        spread = damoc["proxy_seeds"]
+        assert spread["seeds"] == [0, 1] and spread["runs"] == 2
+        assert spread["spearman_min"] <= damoc["spearman"] <= spread["spearman_max"]
     assert out.with_name("rank_fidelity_quick_scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert out.with_name("rank_fidelity_quick_frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert (ROOT / "benchmarks" / "README.md").read_text() == readme_before  # --quick never rewrites the README
@@ -419,13 +428,112 @@ def test_truth_seeds_flag_sets_the_seeds_the_ground_truth_is_trained_with(monkey
 
 
 def test_the_readme_names_the_command_that_wrote_the_results():
-    """`make bench` trains the ground truth with one seed; a results file written with other seeds
-    is labelled with the flag that reproduces it, not with `make bench`."""
+    """`make bench` trains the ground truth with one seed and repeats the demo proxy with training
+    seeds 0, 1 and 2; a results file written with other seeds is labelled with the flags that
+    reproduce it, not with `make bench`."""
     bench = _benchmark_module()
-    assert bench._command({"config": {"profile": {"truth_seeds": [0]}}}) == \
+    assert bench._command({"config": {"profile": {"truth_seeds": [0], "proxy_seeds": [0, 1, 2]}}}) == \
         "`python benchmarks/rank_fidelity.py` (`make bench`)"
-    assert bench._command({"config": {"profile": {"truth_seeds": [0, 1]}}}) == \
+    assert bench._command({"config": {"profile": {"truth_seeds": [0, 1], "proxy_seeds": [0, 1, 2]}}}) == \
         "`python benchmarks/rank_fidelity.py --truth-seeds 0,1`"
+    assert bench._command({"config": {"profile": {"truth_seeds": [0, 1], "proxy_seeds": [0, 1, 2, 3, 4]}}}) == \
+        "`python benchmarks/rank_fidelity.py --truth-seeds 0,1 --proxy-seeds 0,1,2,3,4`"
+    # A file written before the proxy was repeated ran it with the job's seed alone.
+    assert bench._command({"config": {"profile": {"truth_seeds": [0]}}}) == \
+        "`python benchmarks/rank_fidelity.py --proxy-seeds 0`"
+
+
+def test_the_default_proxy_is_repeated_with_each_training_seed_against_the_same_truth(monkeypatch, tmp_path):
+    """`--proxy-seeds`: the demo proxy runs again with each other training seed (the job's own seed
+    is the damoc run itself), only that seed changed, and each run is scored against the one
+    ground truth; the damoc row carries every seed's figures and their spread, and the README
+    section states them beside the job seed's verdict."""
+    bench = _benchmark_module()
+    task = "wordnet-lexcat"
+    scores = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
+    truth = bench.truth_over_seeds([_fake_report(scores, ["a", "b", "c", "d"], fine_tune_s=100.0)], [0], "accuracy")
+    proxy_order = {1: ["a", "c", "b", "d"], 2: ["b", "a", "c", "d"]}
+    ran = []
+
+    def fake_run(cfg):
+        ran.append(cfg)
+        return _fake_report(scores, proxy_order[cfg["training"]["seed"]])
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    base = bench.base_config(bench.PROFILES["full"], task, tmp_path / "work", None)
+    damoc_cfg = bench.variant(base, "damoc", baselines=["zero_shot"])
+    damoc_row = bench.method_result(task, "damoc", _fake_report(scores, ["a", "b", "c", "d"]), truth, damoc_cfg)
+    logged = []
+    extra = bench.repeat_over_proxy_seeds(task, base, damoc_row, damoc_cfg, truth, [0, 1, 2],
+                                          lambda t, row: logged.append(row["method"]))
+
+    assert [c["training"]["seed"] for c in ran] == [1, 2]          # seed 0 is the job's: not run again
+    assert logged == ["damoc (training seed 1)", "damoc (training seed 2)"]
+    for cfg in ran:
+        assert cfg["ranking"]["ground_truth_training"]["seed"] == 0
+        assert {**cfg, "output": None, "training": {**cfg["training"], "seed": None}} == \
+            {**base, "output": None, "training": {**base.get("training", {}), "seed": None}}
+    assert len({c["output"]["dir"] for c in ran} | {damoc_cfg["output"]["dir"]}) == 3
+
+    by_seed = extra["by_proxy_seed"]
+    assert extra["training_seed"] == 0 and list(by_seed) == ["0", "1", "2"]
+    assert by_seed["0"]["reused"] and not by_seed["1"]["reused"]
+    assert by_seed["0"]["spearman"] == 1.0 and by_seed["0"]["targets_missed"] == []
+    assert abs(by_seed["1"]["spearman"] - 0.8) < 1e-9 and by_seed["1"]["top1_hit"]
+    assert by_seed["2"]["chosen"] == "b" and not by_seed["2"]["top1_hit"]
+    assert any(m.startswith("top-1 (chose b)") for m in by_seed["2"]["targets_missed"])
+    assert any(m.startswith("Spearman 0.80 < 0.9") for m in by_seed["1"]["targets_missed"])
+    spread = extra["proxy_seeds"]
+    assert spread["seeds"] == [0, 1, 2] and spread["runs"] == 3
+    assert abs(spread["spearman_median"] - 0.8) < 1e-9 and spread["spearman_max"] == 1.0
+    assert spread["top1_hits"] == 2 and spread["all_targets_met"] == 1
+
+    payload = {"ground_truth": {task: truth}, "results": [{**damoc_row, **extra}]}
+    summary = bench.targets_summary(payload)
+    assert "damoc all met" in summary
+    assert ("Over training seeds 0, 1 and 2 of the demo proxy: Spearman median 0.80 (0.80 to 1.00), "
+            "top-1 in 2 of 3, all four targets in 1 of 3.") in summary
+    table = bench.proxy_seeds_table(payload).splitlines()
+    assert table[4].startswith(f"| {task} | 0 (the job's) | 1.00 |") and table[4].endswith("| none |")
+    assert table[6].startswith(f"| {task} | 2 | 0.80 |") and "top-1 (chose b)" in table[6]
+    # Without repeated seeds: no table and no note.
+    plain = {"ground_truth": {task: truth}, "results": [damoc_row]}
+    assert bench.proxy_seeds_table(plain) == "" and "training seeds" not in bench.targets_summary(plain)
+
+
+def test_proxy_seeds_flag_is_checked_and_reaches_every_task(monkeypatch, tmp_path, capsys):
+    """`--proxy-seeds`: malformed, or combined with `--try` (whose entries set their own seed),
+    it is refused with one line and exit 2 before anything runs; otherwise every task's run gets
+    the seeds and the results file's profile records them."""
+    bench = _benchmark_module()
+    out = tmp_path / "rf.json"
+    tried = tmp_path / "try.json"
+    tried.write_text(json.dumps([{"name": "x", "keep": 0.1}]))
+    for argv, expected in ((["--proxy-seeds", "0,a"], "--proxy-seeds '0,a': expected comma-separated"),
+                           (["--proxy-seeds", "2,2"], "--proxy-seeds '2,2': a seed is given twice"),
+                           (["--proxy-seeds", "0,1", "--try", str(tried)], "give each entry its own training.seed")):
+        assert bench.main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert not out.exists()
+
+    import ray
+
+    seen = {}
+
+    def fake_run_task(profile, task, work, cache, log):
+        seen[task] = profile.get("proxy_seeds")
+        return [], {"seeds": profile["truth_seeds"]}, {"damoc": bench.base_config(profile, task, work, cache)}
+
+    monkeypatch.setattr(bench, "run_task", fake_run_task)
+    monkeypatch.setattr(bench, "prepare_candidates", lambda *a: (0.0, {}))
+    monkeypatch.setattr(bench, "write_outputs", lambda payload, path, readme: path.write_text(json.dumps(payload)))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert bench.main(["--proxy-seeds", "0,3", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert seen == {task: [0, 3] for task in bench.TASKS}
+    assert json.loads(out.read_text())["config"]["profile"]["proxy_seeds"] == [0, 3]
+    assert bench.PROFILES["full"]["proxy_seeds"] == [0, 1, 2]   # the profile itself is left as it was
 
 
 def test_a_zoo_other_than_the_published_runs_is_named_before_the_run():
