@@ -40,9 +40,8 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
-# The rank-fidelity benchmark (47 min cold on 2 Intel Xeon cores, measured at ec83cb9, plus about
-# 4.5 min for the demo proxy's repeats with training seeds 1 and 2, added after; plus about 10 min to
-# build the demo zoo if `make demo` has not; minutes once cached):
+# The rank-fidelity benchmark (49 min cold on 2 Intel Xeon cores from a fresh clone, measured at
+# 2e81670; plus about 10 min to build the demo zoo if `make demo` has not; minutes once cached):
 # results/rank_fidelity.json, its plots and its section of benchmarks/README.md, all regenerated
 # from one run.
 bench: $(STAMP)

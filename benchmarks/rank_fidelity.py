@@ -1,6 +1,6 @@
 """Rank fidelity: does damoc pick the candidate full fine-tuning would, and at what fraction of the cost?
 
-    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (about 51 min cold on 2 cores; minutes once cached)
+    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (49 min cold on 2 cores, measured; minutes once cached)
     python benchmarks/rank_fidelity.py --truth-seeds 0,1   # the ground truth over two seeds (about 25 min more)
     python benchmarks/rank_fidelity.py --proxy-seeds 0,1,2,3,4   # the default proxy repeated with 5 training seeds
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
@@ -95,8 +95,8 @@ PROFILES = {
         "max_rows": {"wordnet-lexcat": {"test": 800}, "wordnet-defgen": {"train": 4000, "test": 200}},
         "eval_max_rows": {"wordnet-lexcat": 800, "wordnet-defgen": 200},
         "truth_training": {"method": "full", "learning_rate": 1.0e-3, "epochs": 1, "batch_size": 16},
-        # One seed keeps a cold run within the issue's hour on 2 cores (47 min measured at ec83cb9
-        # with the proxy's job seed alone; a second seed adds its ground truth again, about 20 min). `--truth-seeds 0,1` repeats full
+        # One seed keeps a cold run within the issue's hour on 2 cores (49 min measured at 2e81670,
+        # with proxy_seeds below; a second seed adds its ground truth again, about 20 min). `--truth-seeds 0,1` repeats full
         # fine-tuning with a second seed (data order, dropout) and scores each candidate by its mean:
         # on one build of the zoo two lexcat seeds agreed at only 0.60, on another at 0.95 (README),
         # and only a second seed tells which case a run is in. The published run at dc92f05 used two;
@@ -1262,6 +1262,7 @@ def update_readme(payload: dict, out: Path) -> None:
 
     rel = out.relative_to(ROOT / "benchmarks") if out.is_relative_to(ROOT / "benchmarks") else out
     stem = Path(str(rel)).with_suffix("")
+    seeds_table = proxy_seeds_table(payload)
     section = "\n".join([
         BEGIN,
         f"Result: `{rel}` (commit {payload['commit']}; {payload['machine']['cpus']} CPU cores, "
@@ -1275,7 +1276,7 @@ def update_readme(payload: dict, out: Path) -> None:
         "",
         results_table(payload),
         "",
-        *([proxy_seeds_table(payload), ""] if proxy_seeds_table(payload) else []),
+        *([seeds_table, ""] if seeds_table else []),
         f"![proxy vs ground truth]({stem}_scatter.png)",
         f"![fidelity vs cost]({stem}_frontier.png)",
         END,
