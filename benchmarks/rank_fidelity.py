@@ -33,7 +33,8 @@ and every method's Spearman against each seed alone (`by_truth_seed`) are kept b
 those of one full fine-tune per candidate.
 
 The default proxy's figures are one draw of its training seed (which rows it keeps, their order,
-dropout). With `--proxy-seeds 0,1,2` it is run again with each seed, against the same ground truth;
+dropout). It is run again with each of `--proxy-seeds` (default 0,1,2, as `make bench` runs it;
+`--quick` 0,1; `--proxy-seeds 0` for the job's seed alone), against the same ground truth;
 the `damoc` row keeps the job's own seed (the run `damoc select` gives) and carries each seed's
 figures (`by_proxy_seed`) and their spread (`proxy_seeds`: Spearman median, min and max, how many
 seeds hit top-1 and how many meet all four targets).

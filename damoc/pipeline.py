@@ -76,7 +76,8 @@ def compressed_entry(config: RunConfig, data: LoadedData, cache: Path,
     if not fp.is_done(entry):
         started_ray = _ray_for_data(config)
         try:
-            compressed, stats = compress_data(data, dc, seed=config.training.seed, cache_root=cache)
+            compressed, stats = compress_data(data, dc, seed=config.training.seed, cache_root=cache,
+                                              start_ray=lambda: init_ray(config))
         finally:
             if started_ray:
                 import ray
@@ -103,11 +104,17 @@ def compressed_entry(config: RunConfig, data: LoadedData, cache: Path,
 
 
 def _ray_for_data(config: RunConfig) -> bool:
-    """Start (or connect to) Ray when the data stage will run scorers on Ray Data."""
+    """Start (or connect to) Ray when the data stage will run scorers on Ray Data. The `auto`
+    engine starts it on its first Ray Data map instead, unless the config names a cluster (which
+    every map then runs on), asks for an actor pool (`actors`, `gpus_per_actor`: Ray Data) or
+    rewrites on vLLM's Ray Data processor."""
     from damoc.data.filters import NEEDS
 
     dc = config.data_compression
-    if dc.engine != "ray_data" or not (NEEDS[dc.filter.method] or dc.tokens.enabled):
+    if dc.engine == "local" or not (NEEDS[dc.filter.method] or dc.tokens.enabled):
+        return False
+    if dc.engine == "auto" and not (config.cluster.address or dc.actors or dc.gpus_per_actor
+                                    or (dc.rewrite.enabled and dc.rewrite.backend == "vllm")):
         return False
     return init_ray(config)
 

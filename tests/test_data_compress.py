@@ -5,6 +5,7 @@ BERTScore gate inside the stage, `damoc data compress` and its bad-input errors.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +135,83 @@ def test_ray_data_path_selects_the_same_rows(micro_zoo, lexcat, tmp_path):
         assert sorted(out["rows_in_call"].tolist()) == [24] * 24 + [64] * 576
         assert out["rows_in_call"][np.argmin([len(r["prompt"]) for r in records])] == 24   # shortest rows: the last call
         assert RayDataEngine(batch_size=32, cpus_per_actor=1).map(CallSizes, {}, [], desc="none")["rows_in_call"].size == 0
+
+        # auto on this one-node Ray: a map Ray Data would give one actor (7 calls) runs in this
+        # process, one it would give two actors (10 calls) on Ray Data; same rows back either way.
+        from damoc.data.engine import AutoEngine
+
+        auto, Where = AutoEngine(batch_size=64, start_ray=lambda: pytest.fail("Ray is running already")), where_scorer()
+        small = auto.map(Where, {}, records[:7 * 64], desc="auto, small")
+        assert set(small["pid"].tolist()) == {os.getpid()} and auto.name == "auto: local"
+        large = auto.map(Where, {}, records, desc="auto, large")
+        assert os.getpid() not in set(large["pid"].tolist()) and auto.name == "auto: local, ray_data"
+        assert large["row"].tolist() == list(range(len(records))) and small["row"].tolist() == list(range(7 * 64))
+        auto.close()
+        assert ray.is_initialized(), "auto leaves a Ray it did not start running"
+
+        # The whole stage on auto: the rows local picks, recorded as run in-process.
+        cfg = stage_config(micro_zoo, engine="auto", tokens={"enabled": True, "keep_ratio": 0.5},
+                           filter={"method": "kcenter", "keep_ratio": 0.3})
+        out, stats = compress_data(lexcat, cfg, seed=3, cache_root=tmp_path / "auto")
+        local_out, _ = compress_data(lexcat, cfg.model_copy(update={"engine": "local"}), seed=3, cache_root=tmp_path / "local")
+        assert stats["engine"] == "auto: local"
+        assert [(r["id"], r["prompt"]) for r in out.splits["train"]] == [(r["id"], r["prompt"]) for r in local_out.splits["train"]]
     finally:
         ray.shutdown()
+
+
+def where_scorer() -> type:
+    """A stand-in scorer that reports the process each row was scored in, and its row index
+    (defined in a function, so Ray pickles the class itself rather than a reference to this module)."""
+
+    class Where:
+        outputs = ("pid", "row")
+
+        def __init__(self, **_):
+            pass
+
+        def __call__(self, batch):
+            return {"index": batch["index"], "pid": np.full(len(batch["index"]), os.getpid()), "row": batch["index"]}
+
+    return Where
+
+
+def test_auto_engine_starts_ray_only_for_a_map_that_needs_it(monkeypatch):
+    """No Ray running: a small map stays in this process and starts nothing; a large one starts
+    Ray through `start_ray` and runs on Ray Data, and closing the engine stops the Ray it started.
+    With RAY_ADDRESS set (a cluster, as `ray job submit` gives) every map goes to Ray Data; asking
+    for actors or GPUs is Ray Data too."""
+    import ray
+
+    from damoc.data.engine import AutoEngine, LocalEngine, RayDataEngine, make_engine
+
+    assert not ray.is_initialized()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = []
+
+    def start_ray():
+        started.append(True)
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, logging_level="WARNING")
+        return True
+
+    records = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(8 * 16)]
+    auto, Where = AutoEngine(batch_size=16, start_ray=start_ray), where_scorer()
+    try:
+        small = auto.map(Where, {}, records[:16], desc="small")
+        assert set(small["pid"].tolist()) == {os.getpid()} and not started and not ray.is_initialized()
+        large = auto.map(Where, {}, records, desc="large")
+        assert started == [True] and os.getpid() not in set(large["pid"].tolist())
+        assert large["row"].tolist() == list(range(len(records)))
+    finally:
+        auto.close()
+    assert not ray.is_initialized(), "the engine stops the Ray it started"
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")
+    assert AutoEngine(batch_size=16).where(1) == "ray_data"
+    assert isinstance(make_engine("auto", batch_size=16), AutoEngine)
+    assert isinstance(make_engine("auto", batch_size=16, actors=2), RayDataEngine)
+    assert isinstance(make_engine("auto", batch_size=16, gpus_per_actor=1), RayDataEngine)
+    assert isinstance(make_engine("local", batch_size=16), LocalEngine)
 
 
 def test_ray_data_actor_plan_places_every_actor_on_uneven_nodes(monkeypatch):

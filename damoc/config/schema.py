@@ -127,7 +127,7 @@ class DataCompressionConfig(Section):
     embedding_model: Optional[str] = Field(None, description="Sentence encoder for the diversity filters (default: the offline all-MiniLM-L6-v2).")
     trust_remote_code: bool = Field(False, description="Allow the scorer models' own Python code to run.")
     max_length: Optional[int] = Field(None, ge=16, description="Scorer context in tokens (default: the model's); longer texts are scored in overlapping windows, questions cut from the left.")
-    engine: Literal["ray_data", "local"] = Field("ray_data", description="Run scorers as Ray Data actor-pool UDFs, or in this process.")
+    engine: Literal["auto", "ray_data", "local"] = Field("auto", description="Run scorers as Ray Data actor-pool UDFs (ray_data), in this process (local), or (auto) each scorer map in this process when Ray Data would give it a single actor of this machine anyway (fewer than 8 calls, or one CPU), on Ray Data otherwise (on a cluster, or with actors or gpus_per_actor set, always).")
     actors: Optional[int] = Field(None, ge=1, description="Ray Data actors per scorer, each loading the model once (default: on CPUs, one per cpus_per_actor of the cluster while each gets at least 4 calls, at most 8; with GPUs, one).")
     cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs per actor, each a torch thread (default: the cluster's CPUs divided by the actors).")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor.")

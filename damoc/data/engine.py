@@ -1,4 +1,5 @@
-"""Where row scorers run: in this process, or as Ray Data class UDFs on an actor pool.
+"""Where row scorers run: in this process, or as Ray Data class UDFs on an actor pool, or (`auto`,
+the default) each map where it is faster.
 
 Both engines feed the same scorer classes (damoc.data.scorers) the same column batches, in row
 order, and return the outputs as numpy arrays in row order, so a filter selects the same rows on
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -171,12 +172,84 @@ def rows_per_call(model_batch_size: int) -> int:
     return max(256, 16 * model_batch_size)
 
 
+class AutoEngine:
+    """`engine: auto`: each scorer map runs in this process when Ray Data would run it on one actor
+    of this machine anyway, and on Ray Data otherwise.
+
+    Why: an actor pool only pays off when it scores in parallel (at least 2 x MIN_CALLS_PER_ACTOR
+    calls on 2 or more CPUs) or on another node. A map Ray Data would give one actor costs that
+    actor's start-up and its fresh process's first import of the model code for nothing: the demo's
+    key-token compression of 200 and 300 rows took 16.3-17.3 s and 31.3 s on Ray Data, 10.7 s and
+    23.9 s in-process, with the same output (benchmarks/README.md, data compression throughput).
+    Both engines feed the scorers the same batches, so where a map ran does not change its result.
+
+    Ray Data is started on first use through `start_ray` when Ray is not running yet (and shut down
+    by `close` when this engine started it); a map that stays in-process needs no Ray at all."""
+
+    def __init__(self, batch_size: int = 32, cpus_per_actor: Optional[float] = None,
+                 start_ray: Optional[Callable[[], bool]] = None):
+        self.batch_size = batch_size
+        self.local = LocalEngine(batch_size=batch_size, threads=int(cpus_per_actor) if cpus_per_actor else None)
+        self.ray_data = RayDataEngine(batch_size=batch_size, cpus_per_actor=cpus_per_actor)
+        self._start_ray = start_ray
+        self.started_ray = False
+        self.ran: list[str] = []
+
+    @property
+    def name(self) -> str:
+        """`auto` plus where its maps ran, e.g. `auto: local` (what the stage's stats record)."""
+        used = list(dict.fromkeys(self.ran))
+        return f"auto: {', '.join(used)}" if used else "auto"
+
+    def where(self, rows: int) -> str:
+        """`local` or `ray_data` for a map of `rows` rows."""
+        calls = -(-rows // self.batch_size)
+        if not self._this_machine():
+            return "ray_data"
+        parallel = calls >= 2 * MIN_CALLS_PER_ACTOR and (os.cpu_count() or 1) >= 2
+        return "ray_data" if parallel else "local"
+
+    @staticmethod
+    def _this_machine() -> bool:
+        """Whether Ray's actors would run on this machine only: a running Ray of one node, or none
+        yet and no cluster to connect to (RAY_ADDRESS, as `ray job submit` sets it)."""
+        import ray
+
+        if ray.is_initialized():
+            return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+        return not os.environ.get("RAY_ADDRESS")
+
+    def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
+        where = self.where(len(records))
+        self.ran.append(where)
+        if where == "local":
+            log.info("%s in this process (%d rows: one Ray Data actor's worth)", desc, len(records))
+            return self.local.map(scorer_cls, settings, records, desc=desc)
+        import ray
+
+        if not ray.is_initialized() and self._start_ray is not None:
+            self.started_ray = bool(self._start_ray()) or self.started_ray
+        return self.ray_data.map(scorer_cls, settings, records, desc=desc)
+
+    def close(self) -> None:
+        self.local.close()
+        if self.started_ray:
+            import ray
+
+            ray.shutdown()
+            self.started_ray = False
+
+
 def make_engine(kind: str, *, batch_size: int, actors: Optional[int] = None, cpus_per_actor: Optional[float] = None,
-                gpus_per_actor: float = 0.0):
-    """An engine for scorers whose model batch is `batch_size` rows."""
+                gpus_per_actor: float = 0.0, start_ray: Optional[Callable[[], bool]] = None):
+    """An engine for scorers whose model batch is `batch_size` rows. `auto` with `actors` or
+    `gpus_per_actor` set is Ray Data: those ask for an actor pool. `start_ray` starts Ray for an
+    `auto` engine's first Ray Data map (Ray Data would otherwise start a default local one)."""
     if kind == "local":
         return LocalEngine(batch_size=rows_per_call(batch_size), threads=int(cpus_per_actor) if cpus_per_actor else None)
-    if kind == "ray_data":
+    if kind == "ray_data" or (kind == "auto" and (actors or gpus_per_actor)):
         return RayDataEngine(batch_size=rows_per_call(batch_size), actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor)
-    raise ValueError(f"unknown data_compression.engine '{kind}' (local, ray_data)")
+    if kind == "auto":
+        return AutoEngine(batch_size=rows_per_call(batch_size), cpus_per_actor=cpus_per_actor, start_ray=start_ray)
+    raise ValueError(f"unknown data_compression.engine '{kind}' (auto, local, ray_data)")
