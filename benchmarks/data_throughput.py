@@ -3,8 +3,9 @@
 Both score the same rows with the same model: IFD needs two forward passes per row (the answer
 with and without its question), so both count the tokens of those two passes. The bare loop is
 the fastest honest thing one could write by hand (one process, all cores to torch, batches sorted
-by length); the Ray Data path is what `damoc select` runs (`RayDataEngine` + `IFDScorer` on an
-actor pool). Wall time includes model loading on both sides; the issue's target is stage / bare
+by length); the Ray Data path is what `damoc select` runs with `data_compression.engine: ray_data`,
+and with the default `auto` for a stage of 8 scorer calls or more (`RayDataEngine` + `IFDScorer` on
+an actor pool; engine_choice.py measures the small stages `auto` keeps in-process). Wall time includes model loading on both sides; the issue's target is stage / bare
 >= 0.8 in tokens per second.
 
     python benchmarks/data_throughput.py                         # demo-zoo scorer, 12000 rows; SmolLM2, 1024 rows (~25-45 min)
