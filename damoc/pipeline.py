@@ -77,7 +77,8 @@ def compressed_entry(config: RunConfig, data: LoadedData, cache: Path,
         started_ray = _ray_for_data(config)
         try:
             compressed, stats = compress_data(data, dc, seed=config.training.seed, cache_root=cache,
-                                              start_ray=lambda: init_ray(config))
+                                              start_ray=lambda: init_ray(config),
+                                              on_cluster=bool(config.cluster.address))
         finally:
             if started_ray:
                 import ray

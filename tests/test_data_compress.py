@@ -179,14 +179,15 @@ def where_scorer() -> type:
 def test_auto_engine_starts_ray_only_for_a_map_that_needs_it(monkeypatch):
     """No Ray running: a small map stays in this process and starts nothing; a large one starts
     Ray through `start_ray` and runs on Ray Data, and closing the engine stops the Ray it started.
-    With RAY_ADDRESS set (a cluster, as `ray job submit` gives) every map goes to Ray Data; asking
-    for actors or GPUs is Ray Data too."""
+    With a cluster named (`cluster.address`, or RAY_ADDRESS as `ray job submit` gives) every map
+    goes to Ray Data, even before Ray runs; asking for actors or GPUs is Ray Data too."""
     import ray
 
     from damoc.data.engine import AutoEngine, LocalEngine, RayDataEngine, make_engine
 
     assert not ray.is_initialized()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)      # before Ray runs, auto plans on this machine's CPUs
     started = []
 
     def start_ray():
@@ -206,6 +207,9 @@ def test_auto_engine_starts_ray_only_for_a_map_that_needs_it(monkeypatch):
         auto.close()
     assert not ray.is_initialized(), "the engine stops the Ray it started"
 
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)      # one CPU: one actor at most, so in-process
+    assert AutoEngine(batch_size=16).where(100 * 16) == "local"
+    assert AutoEngine(batch_size=16, on_cluster=True).where(1) == "ray_data"    # the run names a cluster
     monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")
     assert AutoEngine(batch_size=16).where(1) == "ray_data"
     assert isinstance(make_engine("auto", batch_size=16), AutoEngine)

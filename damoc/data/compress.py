@@ -245,10 +245,12 @@ def _reward_digest(reward_model: Optional[str]) -> Optional[str]:
 
 
 def compress_data(data: LoadedData, cfg: DataCompressionConfig, seed: int = 0, *, cache_root: Optional[Path] = None,
-                  engine=None, start_ray: Optional[Callable[[], bool]] = None) -> tuple[LoadedData, dict]:
+                  engine=None, start_ray: Optional[Callable[[], bool]] = None,
+                  on_cluster: bool = False) -> tuple[LoadedData, dict]:
     """Compress the training split. Returns the compressed data and the stage's stats (rows,
     tokens per field and per candidate tokenizer, filter steps, BERTScore gate and rewrites,
-    seconds per sub-stage). `start_ray` starts Ray if an `auto` engine sends a map to Ray Data."""
+    seconds per sub-stage). `start_ray` starts Ray if an `auto` engine sends a map to Ray Data;
+    `on_cluster` (the run names a Ray cluster) sends all of them there."""
     from damoc.data.engine import make_engine
     from damoc.fingerprint import default_cache_root
 
@@ -263,7 +265,7 @@ def compress_data(data: LoadedData, cfg: DataCompressionConfig, seed: int = 0, *
     own_engine = engine is None
     engine = engine or make_engine(cfg.engine, batch_size=cfg.batch_size, actors=cfg.actors,
                                    cpus_per_actor=cfg.cpus_per_actor, gpus_per_actor=cfg.gpus_per_actor,
-                                   start_ray=start_ray)
+                                   start_ray=start_ray, on_cluster=on_cluster)
     keep, budget_info = row_budget(len(train), cfg)
     ctx = FilterContext(train, list(data.splits.get("validation", [])), keep=keep, seed=seed, params=params, cfg=cfg,
                         models=models, engine=engine, cache_root=cache_root,

@@ -187,8 +187,9 @@ class AutoEngine:
     by `close` when this engine started it); a map that stays in-process needs no Ray at all."""
 
     def __init__(self, batch_size: int = 32, cpus_per_actor: Optional[float] = None,
-                 start_ray: Optional[Callable[[], bool]] = None):
+                 start_ray: Optional[Callable[[], bool]] = None, on_cluster: bool = False):
         self.batch_size = batch_size
+        self.on_cluster = on_cluster
         self.local = LocalEngine(batch_size=batch_size, threads=int(cpus_per_actor) if cpus_per_actor else None)
         self.ray_data = RayDataEngine(batch_size=batch_size, cpus_per_actor=cpus_per_actor)
         self._start_ray = start_ray
@@ -202,22 +203,33 @@ class AutoEngine:
         return f"auto: {', '.join(used)}" if used else "auto"
 
     def where(self, rows: int) -> str:
-        """`local` or `ray_data` for a map of `rows` rows."""
-        calls = -(-rows // self.batch_size)
-        if not self._this_machine():
-            return "ray_data"
-        parallel = calls >= 2 * MIN_CALLS_PER_ACTOR and (os.cpu_count() or 1) >= 2
-        return "ray_data" if parallel else "local"
-
-    @staticmethod
-    def _this_machine() -> bool:
-        """Whether Ray's actors would run on this machine only: a running Ray of one node, or none
-        yet and no cluster to connect to (RAY_ADDRESS, as `ray job submit` sets it)."""
+        """`local` or `ray_data` for a map of `rows` rows: local when it is this machine's and Ray
+        Data would plan one actor for it (RayDataEngine.plan; before Ray runs, the same rule on
+        this machine's CPUs)."""
         import ray
 
+        if not self._this_machine():
+            return "ray_data"
+        calls = -(-rows // self.batch_size)
+        if ray.is_initialized():
+            actors, _ = self.ray_data.plan(calls)
+        else:
+            per = self.ray_data.cpus_per_actor or 1
+            actors = max(1, min(int((os.cpu_count() or 1) // per), calls // MIN_CALLS_PER_ACTOR, MAX_AUTO_ACTORS))
+        return "ray_data" if actors > 1 else "local"
+
+    def _this_machine(self) -> bool:
+        """Whether Ray's actors would run on this machine only: not when the run names a cluster
+        (`cluster.address`, which `damoc submit` sets: an autoscaling cluster may have only its
+        head node when the stage starts) or RAY_ADDRESS does (as `ray job submit` sets it); else
+        a running Ray of one node, or none yet."""
+        import ray
+
+        if self.on_cluster or os.environ.get("RAY_ADDRESS"):
+            return False
         if ray.is_initialized():
             return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
-        return not os.environ.get("RAY_ADDRESS")
+        return True
 
     def map(self, scorer_cls: type, settings: dict, records: Sequence[dict], *, desc: str) -> dict[str, np.ndarray]:
         where = self.where(len(records))
@@ -241,15 +253,17 @@ class AutoEngine:
 
 
 def make_engine(kind: str, *, batch_size: int, actors: Optional[int] = None, cpus_per_actor: Optional[float] = None,
-                gpus_per_actor: float = 0.0, start_ray: Optional[Callable[[], bool]] = None):
+                gpus_per_actor: float = 0.0, start_ray: Optional[Callable[[], bool]] = None, on_cluster: bool = False):
     """An engine for scorers whose model batch is `batch_size` rows. `auto` with `actors` or
     `gpus_per_actor` set is Ray Data: those ask for an actor pool. `start_ray` starts Ray for an
-    `auto` engine's first Ray Data map (Ray Data would otherwise start a default local one)."""
+    `auto` engine's first Ray Data map (Ray Data would otherwise start a default local one);
+    `on_cluster` (the run names a Ray cluster) sends every `auto` map to Ray Data."""
     if kind == "local":
         return LocalEngine(batch_size=rows_per_call(batch_size), threads=int(cpus_per_actor) if cpus_per_actor else None)
     if kind == "ray_data" or (kind == "auto" and (actors or gpus_per_actor)):
         return RayDataEngine(batch_size=rows_per_call(batch_size), actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor)
     if kind == "auto":
-        return AutoEngine(batch_size=rows_per_call(batch_size), cpus_per_actor=cpus_per_actor, start_ray=start_ray)
+        return AutoEngine(batch_size=rows_per_call(batch_size), cpus_per_actor=cpus_per_actor, start_ray=start_ray,
+                          on_cluster=on_cluster)
     raise ValueError(f"unknown data_compression.engine '{kind}' (auto, local, ray_data)")
