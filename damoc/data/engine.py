@@ -179,8 +179,9 @@ class AutoEngine:
     Why: an actor pool only pays off when it scores in parallel (at least 2 x MIN_CALLS_PER_ACTOR
     calls on 2 or more CPUs) or on another node. A map Ray Data would give one actor costs that
     actor's start-up and its fresh process's first import of the model code for nothing: the demo's
-    key-token compression of 200 and 300 rows took 16.3-17.3 s and 31.3 s on Ray Data, 10.7 s and
-    23.9 s in-process, with the same output (benchmarks/README.md, data compression throughput).
+    data stage (key-token compression of 200 defgen and 300 lexcat prompts) took 17.5 s and 33.2 s
+    on Ray Data, 11.2 s and 24.0 s in-process, writing the same rows (benchmarks/engine_choice.py;
+    benchmarks/README.md, "Which engine for a small stage?").
     Both engines feed the scorers the same batches, so where a map ran does not change its result.
 
     Ray Data is started on first use through `start_ray` when Ray is not running yet (and shut down
