@@ -367,9 +367,20 @@ def score_ranking(ranking: list[str], truth: dict) -> dict:
     from damoc.ranking.agreement import agreement
     from damoc.ranking.scores import ranking_as_scores
 
-    a = agreement(ranking_as_scores(ranking), truth["scores"], truth_higher_is_better=truth["higher_is_better"])
+    # A candidate the method left out of its ranking (its trial failed: e.g. too few layers to prune
+    # that far) ranks last, tied with any other, rather than leaving the comparison: a user of that
+    # method could not pick it, and scoring the method on the candidates it did run would score it
+    # on an easier set.
+    failed = [n for n in truth["scores"] if n not in ranking]
+    if not ranking:  # nothing ran: no pick (a tie among all would hand one out by name)
+        return {"ranking": [], "spearman": None, "kendall": None, "top1_hit": False, "regret": None,
+                "chosen": None, "misplaced": None, "failed": failed}
+    predicted = {**ranking_as_scores(ranking), **{n: 0.0 for n in failed}}
+    a = agreement(predicted, truth["scores"], truth_higher_is_better=truth["higher_is_better"])
     out = {"ranking": ranking, "spearman": a["spearman"], "kendall": a["kendall"], "top1_hit": a["top1_hit"],
            "regret": a["regret"], "chosen": a["chosen"], "misplaced": a["misplaced"]}
+    if failed:
+        out["failed"] = failed
     drawn = resampled_truth(truth)
     if drawn is not None:
         # The same ranking against resamples of the ground truth's test rows: how much of its
@@ -377,14 +388,14 @@ def score_ranking(ranking: list[str], truth: dict) -> dict:
         from damoc.ranking.agreement import resampled_agreement
 
         names, resampled = drawn
-        out["test_noise"] = resampled_agreement(ranking_as_scores(ranking), names, resampled,
+        out["test_noise"] = resampled_agreement(predicted, names, resampled,
                                                 truth_higher_is_better=truth["higher_is_better"])
     if len(truth.get("by_seed") or {}) > 1:
         # The same ranking against each seed's ground truth alone, so a reader can see what the
         # mean over seeds changed.
         out["by_truth_seed"] = {}
         for seed, one in truth["by_seed"].items():
-            b = agreement(ranking_as_scores(ranking), one["scores"], truth_higher_is_better=truth["higher_is_better"])
+            b = agreement(predicted, one["scores"], truth_higher_is_better=truth["higher_is_better"])
             out["by_truth_seed"][seed] = {k: b[k] for k in ("spearman", "kendall", "top1_hit", "regret")}
     return out
 
@@ -540,6 +551,8 @@ def repeat_over_proxy_seeds(task: str, base: dict, damoc_row: dict, damoc_cfg: d
             log(task, {**row, "method": f"damoc (training seed {seed})"})
         figures = {k: row.get(k) for k in SEED_FIGURES}
         figures.update(targets_missed=target_misses(row), reused=reused)
+        if row.get("failed"):
+            figures["failed"] = row["failed"]
         if row.get("by_truth_seed"):
             figures["by_truth_seed"] = {s: v["spearman"] for s, v in row["by_truth_seed"].items()}
         by_seed[str(seed)] = figures
@@ -997,10 +1010,16 @@ def results_table(payload: dict) -> str:
             name += f" ({r['variant']})"
         lines.append(f"| {r['task']} | {name} | {setting} | {_fmt(r['spearman'])} | {_fmt(r['kendall'])} | "
                      f"{_fmt(r['top1_hit'])} | {_fmt(r['regret'], 3)} | {_fmt(r['compute_ratio'], 1)} | "
-                     f"{_fmt(r['wall_ratio_train'], 1)} | {_fmt(r['wall_ratio_end_to_end'], 1)} | {r['chosen']} |"
+                     f"{_fmt(r['wall_ratio_train'], 1)} | {_fmt(r['wall_ratio_end_to_end'], 1)} | {_chosen(r)} |"
                      + (f" {' / '.join(_fmt((r.get('by_truth_seed') or {}).get(s, {}).get('spearman')) for s in seeds)} |"
                         if seeds else "") + (_noise_cells(r.get("test_noise")) if noise else ""))
     return "\n".join(lines)
+
+
+def _chosen(row: dict) -> str:
+    """The table's `chosen` cell: the pick, and the candidates the method failed (ranked last)."""
+    failed = row.get("failed")
+    return f"{row['chosen']} ({', '.join(failed)} failed: ranked last)" if failed else row["chosen"]
 
 
 def _noise_cells(noise: dict | None) -> str:
@@ -1106,8 +1125,47 @@ def targets_summary(payload: dict) -> str:
         lines.append(f"- `{task}`: damoc {verdict}. Zero-shot Spearman "
                      f"{_fmt(zero['spearman']) if zero else '-'} (damoc {_fmt(damoc['spearman'])}); {also}{repeat}.{noise}"
                      f"{_proxy_seeds_note(damoc)}{_early_truth_note(truth)}{worst}"
-                     f"{_zero_shot_metrics_note(task, zero, truth)}")
+                     f"{_zero_shot_metrics_note(task, zero, truth)}{_sweep_note(rows, damoc)}")
     return "\n".join(lines)
+
+
+SWEPT = ("damoc", "data_only", "model_only", "sweep")   # the methods that are points of the keep x prune grid
+
+
+def _sweep_note(rows: list[dict], damoc: dict) -> str:
+    """Where top-1 breaks along each axis of the sweep, through the demo proxy's point: the keep
+    ratio at its prune ratio, and the prune ratio at its keep ratio. Written from the rows, so what
+    the issue asks of the sweep is stated, not left to be read off the table."""
+    keep, prune = damoc.get("keep_ratio"), damoc.get("prune_ratio")
+    if keep is None or prune is None:
+        return ""
+    points = [r for r in rows if r["method"] in SWEPT and r.get("keep_ratio") is not None]
+    parts = []
+    for axis, fixed, at, value, more in (("keep", "prune_ratio", prune, "keep_ratio", lambda v: v < keep),
+                                         ("prune", "keep_ratio", keep, "prune_ratio", lambda v: v > prune)):
+        line = sorted((r for r in points if r.get(fixed) == at), key=lambda r: r[value])
+        if len(line) < 2:
+            continue
+        cells = ", ".join(f"{r[value]:g} {'hit' if r['top1_hit'] else 'miss'} ({_fmt(r['spearman'])}"
+                          + (f"; {', '.join(r['failed'])} failed" if r.get("failed") else "") + ")" for r in line)
+        beyond = [r for r in line if more(r[value])]
+        if not beyond:
+            verdict = "nothing more compressed than the demo's point was measured"
+        else:
+            broken = [r for r in beyond if not r["top1_hit"]]
+            # The first miss going from the demo's point towards more compression.
+            first = (min if axis == "prune" else max)(broken, key=lambda r: r[value]) if broken else None
+            edge = (min if axis == "keep" else max)(beyond, key=lambda r: r[value])
+            verdict = (f"top-1 first breaks at {axis} {first[value]:g}" if first else
+                       f"top-1 holds at every point more compressed than the demo's, to {axis} {edge[value]:g} "
+                       f"({_fmt(edge.get('compute_ratio'), 0)}x compute)")
+        behind = [f"{r[value]:g}" for r in line if r[value] != (keep if axis == "keep" else prune)
+                  and not more(r[value]) and not r["top1_hit"]]
+        if behind:
+            verdict += f", and misses with less compression, at {axis} {_seed_list(behind)}"
+        fixed_name = "prune" if axis == "keep" else "keep"
+        parts.append(f"{axis} ratio at {fixed_name} {at:g}: {cells}; {verdict}")
+    return (" Sweep, top-1 and Spearman at each point: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -1145,7 +1203,7 @@ def proxy_seeds_table(payload: dict) -> str:
             own = " (the job's)" if int(seed) == r.get("training_seed", 0) else ""
             lines.append(f"| {r['task']} | {seed}{own} | {_fmt(v['spearman'])} | {_fmt(v['kendall'])} | "
                          f"{_fmt(v['top1_hit'])} | {_fmt(v['regret'], 3)} | {_fmt(v['compute_ratio'], 1)} | "
-                         f"{_fmt(v['wall_ratio_end_to_end'], 1)} | {v['chosen']} |"
+                         f"{_fmt(v['wall_ratio_end_to_end'], 1)} | {_chosen(v)} |"
                          + (f" {' / '.join(_fmt((v.get('by_truth_seed') or {}).get(s)) for s in seeds)} |" if seeds else "")
                          + f" {'; '.join(v['targets_missed']) or 'none'} |")
     return "\n".join(lines)

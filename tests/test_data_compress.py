@@ -234,6 +234,13 @@ def test_ray_data_actor_plan_places_every_actor_on_uneven_nodes(monkeypatch):
     assert RayDataEngine(cpus_per_actor=2).plan(100) == (1, 2.0)
     assert RayDataEngine(actors=3).plan(100) == (3, 1.0)
     assert RayDataEngine(gpus_per_actor=1).plan(100) == (1, 3.0)
+    # The same nodes given as CPU counts (what AutoEngine asks before Ray runs) plan the same,
+    # without asking Ray.
+    monkeypatch.setattr(ray, "nodes", lambda: pytest.fail("plan(node_cpus=...) asked Ray"))
+    assert RayDataEngine().plan(100, [3.0, 1.0]) == (4, 1.0)
+    assert RayDataEngine().plan(8, [3.0, 1.0]) == (2, 1.0)
+    assert RayDataEngine().plan(4, [3.0, 1.0]) == (1, 3.0)
+    assert RayDataEngine().plan(7, [2.0]) == (1, 2.0) and RayDataEngine().plan(8, [2.0]) == (2, 1.0)
 
 
 def test_scores_are_cached_and_reused_across_keep_ratios(micro_zoo, lexcat, tmp_path, monkeypatch):

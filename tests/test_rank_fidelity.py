@@ -244,6 +244,56 @@ def test_targets_summary_names_each_missed_target_with_its_figure():
                          "where full fine-tuning ranks it 5th (Spearman 0.40 over the other candidates)."), line
 
 
+def test_a_candidate_the_method_failed_ranks_last_instead_of_leaving_the_comparison():
+    bench = _benchmark_module()
+    truth = {"scores": {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}, "higher_is_better": True,
+             "by_seed": {"0": {"scores": {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}},
+                         "1": {"scores": {"b": 0.9, "a": 0.8, "c": 0.7, "d": 0.6}}}}
+    # The method's trial for b failed (e.g. too few layers to prune that far): its ranking omits
+    # b. Scored on a, c, d alone it would look perfect (1.0); with b last it is not.
+    row = bench.score_ranking(["a", "c", "d"], truth)
+    assert row["failed"] == ["b"]
+    assert row["spearman"] == pytest.approx(0.4)
+    assert row["top1_hit"] and row["chosen"] == "a"
+    assert row["by_truth_seed"]["1"]["top1_hit"] is False
+    # Only d ran: the pick is d.
+    assert bench.score_ranking(["d"], truth)["chosen"] == "d"
+    assert "failed" not in bench.score_ranking(["a", "b", "c", "d"], truth)
+    # Nothing ran: no pick, rather than the first name of an all-way tie (here the truth's winner).
+    none = bench.score_ranking([], truth)
+    assert none["chosen"] is None and none["top1_hit"] is False and none["spearman"] is None
+    assert none["failed"] == ["a", "b", "c", "d"]
+    # The table names what failed beside the pick.
+    assert bench._chosen(row) == "a (b failed: ranked last)"
+    assert bench._chosen({"chosen": "a"}) == "a"
+
+
+def test_the_summary_says_where_top1_breaks_along_each_axis_of_the_sweep():
+    bench = _benchmark_module()
+
+    def point(method, keep, prune, hit, rho, **extra):
+        return {"task": "t", "method": method, "keep_ratio": keep, "prune_ratio": prune, "top1_hit": hit,
+                "spearman": rho, "compute_ratio": 100 / keep / (1 - prune), **extra}
+
+    demo = point("damoc", 0.05, 0.25, True, 0.9)
+    rows = [demo, point("sweep", 0.005, 0.25, False, 0.5), point("sweep", 0.02, 0.25, True, 0.8),
+            point("sweep", 0.1, 0.25, False, 0.3), point("model_only", 1.0, 0.25, True, 0.7),
+            point("data_only", 0.05, 0.0, True, 0.85), point("sweep", 0.05, 0.5, True, 0.86),
+            point("sweep", 0.05, 0.75, True, 0.9, failed=["shallow"]),
+            # Not points of the grid: another ranking of the demo's proxies, and a tried setting.
+            point("curve", 0.05, 0.25, False, -0.3), point("tried", 0.2, 0.25, False, 0.1)]
+    note = bench._sweep_note(rows, demo)
+    keep_part, prune_part = note.split("; prune ratio")
+    assert "0.005 miss (0.50), 0.02 hit (0.80), 0.05 hit (0.90), 0.1 miss (0.30), 1 hit (0.70)" in keep_part
+    # Towards more compression the first miss is 0.005 (0.02 still hits); 0.1 misses on the other side.
+    assert keep_part.endswith("top-1 first breaks at keep 0.005, and misses with less compression, at keep 0.1")
+    assert "0 hit (0.85), 0.25 hit (0.90), 0.5 hit (0.86), 0.75 hit (0.90; shallow failed)" in prune_part
+    assert prune_part.endswith("top-1 holds at every point more compressed than the demo's, to prune 0.75 (8000x compute).")
+    assert "(0.10)" not in note and "(-0.30)" not in note
+    # Only the demo's own point on an axis: nothing to say about it.
+    assert bench._sweep_note([demo], demo) == ""
+
+
 def test_zero_shot_is_scored_by_each_metric_it_measured():
     bench = _benchmark_module()
     truth = {"scores": {"a": 0.9, "b": 0.6, "c": 0.3}, "higher_is_better": True}

@@ -311,6 +311,31 @@ def test_the_table_marks_scores_of_stopped_candidates_as_validation_scores():
     assert "Scores marked (validation) are taken on the validation split" in md
 
 
+def test_a_candidate_that_failed_before_pruning_shows_no_kept_layers_or_time():
+    """A candidate whose pruning failed (prune 0.75 of a 4-layer model with 2 protected) has
+    its layer count but no kept layers and no total time: the tables say so rather than print
+    4/4 (read as kept whole), /4 or None."""
+    from damoc.report import format_markdown, format_table
+
+    ok = {"name": "winner", "rank": 1, "status": "ok", "score": -2.2, "score_on": "test", "params": 10**6,
+          "layers": 6, "layers_kept": 2, "train_tokens": 100, "wall_s": {"total": 6.4}, "error": None,
+          "train_flops": 6e8}
+    failed = {"name": "shallow", "rank": None, "status": "failed", "score": None, "score_on": None, "params": 7 * 10**6,
+              "layers": 4, "layers_kept": None, "train_tokens": None, "wall_s": {"total": None}, "train_flops": None,
+              "error": "model compression failed: cannot remove 3 of 4 layers with 2 protected (at most 2 removable)"}
+    report = {"metric": "gold_logprob", "early_stopping": {"metric": "eval_loss"}, "candidates": [ok, failed]}
+    table = format_table(report).splitlines()
+    assert table[1].split()[5] == "2/6" and table[2].split()[:6] == ["-", "shallow", "failed", "-", "7.00M", "-/4"]
+    assert table[2].split()[-1] == "-"
+    md = format_markdown(dict(report, run="r", task={"source": "s", "type": "classification", "splits": {"test": 2}},
+                              higher_is_better=True, winner="winner", ranking=["winner"], baselines={},
+                              cost={"wall_s": {}, "proxy_train_tokens": 0, "proxy_train_flops": 0}))
+    row = next(line for line in md.splitlines() if line.startswith("|  | shallow |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "-/4" and cells[-1] == "" and "None" not in row, row
+    assert "cannot remove 3 of 4 layers" in cells[2]
+
+
 def test_the_note_names_the_ground_truth_pairs_its_test_rows_leave_open():
     """Neighbours swapped or tied in at least 5% of the resamples are named with their shares, in
     order; below that for every pair, the note says the rows settle the order; none without rows."""

@@ -96,8 +96,10 @@ class RayDataEngine:
         self.cpus_per_actor = cpus_per_actor
         self.gpus_per_actor = gpus_per_actor
 
-    def plan(self, calls: int) -> tuple[int, float]:
-        """(actors, CPUs per actor) for a map of `calls` scorer calls.
+    def plan(self, calls: int, node_cpus: Optional[Sequence[float]] = None) -> tuple[int, float]:
+        """(actors, CPUs per actor) for a map of `calls` scorer calls, on the running Ray's alive
+        nodes, or on nodes of `node_cpus` CPUs each when given (AutoEngine's question before Ray
+        runs: what would Ray Data plan on this machine?).
 
         Unless `actors` is set: on CPUs, as many actors of `cpus_per_actor` CPUs (default 1) as the
         cluster's nodes hold, as long as each actor gets at least MIN_CALLS_PER_ACTOR calls, at
@@ -105,10 +107,13 @@ class RayDataEngine:
         share the cluster's CPUs (data compression runs before any trial), as many each as still
         lets every actor be placed on some node (an actor no node can hold would stay pending).
         Each actor's torch gets that many threads."""
-        import ray
+        if node_cpus is None:
+            import ray
 
-        total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [total]
+            total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+            nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [total]
+        else:
+            nodes, total = list(node_cpus), sum(node_cpus)
 
         def placeable(per: float) -> int:
             return sum(int(cpus // per) for cpus in nodes)
@@ -212,11 +217,7 @@ class AutoEngine:
         if not self._this_machine():
             return "ray_data"
         calls = -(-rows // self.batch_size)
-        if ray.is_initialized():
-            actors, _ = self.ray_data.plan(calls)
-        else:
-            per = self.ray_data.cpus_per_actor or 1
-            actors = max(1, min(int((os.cpu_count() or 1) // per), calls // MIN_CALLS_PER_ACTOR, MAX_AUTO_ACTORS))
+        actors, _ = self.ray_data.plan(calls, None if ray.is_initialized() else [os.cpu_count() or 1])
         return "ray_data" if actors > 1 else "local"
 
     def _this_machine(self) -> bool:

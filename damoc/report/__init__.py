@@ -316,13 +316,26 @@ def format_table(report: dict) -> str:
         if c["score"] is not None and c["score_on"] != "test":
             score, on_validation = score + "*", True
         params = "-" if not c["params"] else f"{c['params'] / 1e6:.2f}M"
-        layers = "-" if c["layers"] is None else f"{c['layers_kept'] or c['layers']}/{c['layers']}"
+        layers = layers_cell(c)
         wall = (c.get("wall_s") or {}).get("total")
         lines.append(f"{c['rank'] or '-':>4}  {c['name']:<26}{c['status']:<15}{score:>11}{params:>9}{layers:>8}"
                      f"{c['train_tokens'] or 0:>14}{'-' if wall is None else f'{wall:.0f}':>8}")
     if on_validation:
         lines.append(f"* {stopped_scores_note(report)}")
     return "\n".join(lines)
+
+
+def layers_cell(candidate: dict) -> str:
+    """Layers kept / layers: `-` where unknown, and `-/N` for a candidate that failed before its
+    pruning (kept layers are not known, and N/N would read as kept whole)."""
+    layers, kept = candidate.get("layers"), candidate.get("layers_kept")
+    if not layers:
+        return "-"
+    return f"{kept}/{layers}" if kept is not None else f"-/{layers}"
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)
 
 
 def stopped_scores_note(report: dict) -> str:
@@ -352,8 +365,8 @@ def format_markdown(report: dict) -> str:
         score = "" if c["score"] is None else f"{c['score']:.4f}" + ("" if c["score_on"] == "test" else f" ({c['score_on']})")
         status = c["status"] + (f": {c['error']}" if c["error"] else "")
         out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
-                   f"{c['layers_kept'] or ''}/{c['layers'] or ''} | {c['train_tokens'] or ''} | "
-                   f"{c['train_flops'] or ''} | {(c.get('wall_s') or {}).get('total', '')} |")
+                   f"{layers_cell(c)} | {c['train_tokens'] or ''} | "
+                   f"{c['train_flops'] or ''} | {_blank((c.get('wall_s') or {}).get('total'))} |")
     if any(c["score"] is not None and c["score_on"] != "test" for c in report["candidates"]):
         out += ["", "Scores marked (validation) are " + " ".join(stopped_scores_note(report).split())]
     dc = report.get("data_compression") or {}
