@@ -407,3 +407,23 @@ def test_a_restarted_trial_keeps_the_history_of_its_last_run(tmp_path):
     # One run only: unchanged.
     result = SimpleNamespace(metrics_dataframe=pd.DataFrame(first), metrics=first[-1], error=None)
     assert [h["step"] for h in _outcome("c", result, job).history] == [10, 20]
+
+
+def test_bertscore_builds_its_scorer_once_per_process_with_the_same_scores(monkeypatch):
+    """A trial scores zero-shot, few-shot and test generations: the encoder is read once, and the
+    reused scorer scores as a fresh one does (no state carried between calls)."""
+    from damoc.trials import evaluate
+
+    built = []
+    real = evaluate.make_bertscorer
+    monkeypatch.setattr(evaluate, "make_bertscorer", lambda model=None: built.append(model) or real(model))
+    evaluate._cached_bertscorer.cache_clear()
+    preds, refs = ["a red rash on the skin", "", "a small bird"], ["a rash of red spots", "a tree", "a songbird"]
+    first = evaluate.bertscore_f1_scores(preds, refs)
+    again = evaluate.bertscore_f1_scores(list(reversed(preds)), list(reversed(refs)))
+    assert built == [None]
+    assert first[1] == 0.0 and 0 < first[0] < 1
+    assert again == pytest.approx(list(reversed(first)), abs=1e-6)
+    _, _, fresh = real().score([preds[0], preds[2]], [refs[0], refs[2]], verbose=False)
+    assert [first[0], first[2]] == pytest.approx(fresh.tolist(), abs=1e-6)
+    evaluate._cached_bertscorer.cache_clear()
