@@ -210,6 +210,29 @@ def _resolve_candidates(config: RunConfig, cache: Path) -> dict[str, str]:
     return {c.display_name: resolve_model_path(c.model, cache_root=cache) for c in config.candidates}
 
 
+def warn_unprunable(config: RunConfig, paths: dict[str, str]) -> list[str]:
+    """Say before any trial runs which candidates the configured pruning cannot apply to (a
+    4-layer model with its first and last layers protected cannot lose 3): their proxy trials
+    fail and are left out of the ranking, which a user should hear before the run, not read in
+    the report after it. The rest still run, so a mixed zoo is not refused for one shallow model.
+    Returns the messages."""
+    from damoc.models.compress import unprunable
+
+    if not config.model_compression.prune_ratio:
+        return []
+    messages = []
+    for candidate in config.candidates:
+        if not Path(paths[candidate.display_name]).is_dir():
+            continue  # a hub id: its config is fetched by the trial, not by a second request here
+        why = unprunable(paths[candidate.display_name], config.model_compression, candidate.display_name,
+                         trust_remote_code=candidate.trust_remote_code)
+        if why:
+            messages.append(why)
+            log.warning("%s: its proxy trial will fail and it will not be ranked (lower model_compression.prune_ratio, "
+                        "or set model_compression.protect_first or protect_last to false)", why)
+    return messages
+
+
 # ------------------------------------------------------------------------------ curves
 def _curve_ranking(config: RunConfig, proxies: dict, full_train_rows: int) -> dict | None:
     """With ranking.method 'curve': each proxy's validation loss at its rungs, as a curve over
@@ -288,6 +311,7 @@ def run_select(config: RunConfig) -> dict:
     halving_metric(config, data.task_type)  # refused here, before any training, when the rungs cannot measure it
     t = time.perf_counter()
     paths = _resolve_candidates(config, cache)
+    warn_unprunable(config, paths)
     wall["candidates"] = time.perf_counter() - t
 
     # One Ray session for the data stage (Ray Data scorers) and the trials.

@@ -374,3 +374,37 @@ def test_cli_model_prune_bad_input_exits_2(micro_zoo, tmp_path, cli, args, fragm
 def test_cli_model_prune_missing_model_exits_2(tmp_path, cli):
     code, out, err = cli("model", "prune", "--model", str(tmp_path / "nope"), "--ratio", "0.5", "--out", str(tmp_path / "o"))
     assert code == 2 and "model path not found" in err
+
+
+def test_select_names_candidates_the_pruning_cannot_apply_to_before_any_trial(tmp_path, caplog):
+    """Prune 0.75 of a 4-layer model with its first and last layers protected would remove 3 of
+    the 2 removable: `damoc select` says so from the checkpoint's config before any trial, and
+    names no candidate it can prune, nor any at a ratio that removes nothing."""
+    import logging
+
+    from transformers import LlamaConfig
+
+    from damoc.config.load import validate_config
+    from damoc.models.compress import unprunable
+    from damoc.pipeline import warn_unprunable
+
+    paths = {}
+    for name, layers in (("shallow", 4), ("deep", 12)):
+        paths[name] = str(tmp_path / name)
+        LlamaConfig(num_hidden_layers=layers, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                    num_key_value_heads=2, vocab_size=64).save_pretrained(paths[name])
+
+    def config(**compression):
+        return validate_config({"name": "t", "candidates": [{"model": paths["shallow"], "name": "shallow"},
+                                                              {"model": paths["deep"], "name": "deep"}],
+                                "data": {"source": "bundled:wordnet-lexcat"}, "model_compression": compression})
+
+    with caplog.at_level(logging.WARNING, logger="damoc"):
+        messages = warn_unprunable(config(prune_ratio=0.75), paths)
+    assert messages == ["shallow: cannot remove 3 of 4 layers with 2 protected (at most 2 removable)"]
+    assert "shallow: cannot remove 3 of 4 layers" in caplog.text and "its proxy trial will fail" in caplog.text
+    assert "deep:" not in caplog.text
+    assert warn_unprunable(config(prune_ratio=0.5), paths) == []                      # 2 of 4: allowed
+    assert warn_unprunable(config(prune_ratio=0.75, protect_first=False), paths) == []  # 3 removable
+    assert warn_unprunable(config(prune_ratio=0.0), paths) == []
+    assert unprunable(str(tmp_path / "missing"), config(prune_ratio=0.75).model_compression, "missing") is None

@@ -137,15 +137,35 @@ def prune_checkpoint(model: str, out: str | Path, *, ratio: float, mode: str = "
     return info
 
 
-def _check_feasible(path: str, cfg: ModelCompressionConfig, name: str, trust_remote_code: bool) -> None:
-    """Refuse an impossible request from the config alone, before any weights load."""
+def _layer_count(path: str, trust_remote_code: bool) -> int:
+    """Decoder layers of the checkpoint at `path`, from its config alone; 0 when it cannot tell
+    (load_candidate reports an unreadable checkpoint with its own message)."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
-        return  # load_candidate reports it with its own message
-    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+        return 0
+    return int(getattr(config, "num_hidden_layers", 0) or 0)
+
+
+def unprunable(path: str, cfg: ModelCompressionConfig, name: str, trust_remote_code: bool = False) -> Optional[str]:
+    """Why `cfg` cannot prune the checkpoint at `path` (more layers to remove than are not
+    protected), from its config alone, before any weights load; None when it can, when the ratio
+    removes nothing, or when the config cannot tell."""
+    n_layers = _layer_count(path, trust_remote_code)
+    if not n_layers or not cfg.prune_ratio:
+        return None
+    try:
+        _check_removable(n_layers, layers_to_remove_count(n_layers, cfg.prune_ratio, name), cfg, name)
+    except ModelCompressionError as e:
+        return str(e)
+    return None
+
+
+def _check_feasible(path: str, cfg: ModelCompressionConfig, name: str, trust_remote_code: bool) -> None:
+    """Refuse an impossible request from the config alone, before any weights load."""
+    n_layers = _layer_count(path, trust_remote_code)
     if not n_layers:
         return
     n_remove = layers_to_remove_count(n_layers, cfg.prune_ratio, name)
