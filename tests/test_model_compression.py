@@ -408,3 +408,29 @@ def test_select_names_candidates_the_pruning_cannot_apply_to_before_any_trial(tm
     assert warn_unprunable(config(prune_ratio=0.75, protect_first=False), paths) == []  # 3 removable
     assert warn_unprunable(config(prune_ratio=0.0), paths) == []
     assert unprunable(str(tmp_path / "missing"), config(prune_ratio=0.75).model_compression, "missing") is None
+
+
+def test_a_checkpoints_digest_covers_what_loading_reads_and_not_its_records(tmp_path):
+    """Cached trials are keyed by the candidate's digest. A zoo rebuilt with the same weights (its
+    build record, damoc_zoo.json, has other timings) keeps it, as do docs and pickle weights damoc
+    never loads; a tokenizer file of any name (tokenizer.model, merges.txt), the config or the
+    weights change it."""
+    from damoc.models.load import checkpoint_digest
+
+    files = {"config.json": "{}", "model.safetensors": "w", "tokenizer.model": "sp", "merges.txt": "a b",
+             "damoc_zoo.json": '{"stats": {"seconds": 101.5}}', "README.md": "# card", "pytorch_model.bin": "p",
+             "stage.json": "{}"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / ".cache").mkdir()
+    first = checkpoint_digest(str(tmp_path))
+    assert set(json.loads(first)) == {"config.json", "model.safetensors", "tokenizer.model", "merges.txt"}
+    for name, text in (("damoc_zoo.json", '{"stats": {"seconds": 97.2}}'), ("README.md", "# new card"),
+                       ("pytorch_model.bin", "q")):
+        (tmp_path / name).write_text(text)
+        assert checkpoint_digest(str(tmp_path)) == first, name
+    for name in ("tokenizer.model", "merges.txt", "config.json", "model.safetensors"):
+        before = checkpoint_digest(str(tmp_path))
+        (tmp_path / name).write_text(files[name] + " changed")
+        assert checkpoint_digest(str(tmp_path)) != before, name
+    assert checkpoint_digest("org/model") == "hub:org/model"

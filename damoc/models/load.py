@@ -88,15 +88,26 @@ def load_candidate(path: str, *, revision: Optional[str] = None, trust_remote_co
     return model_obj, tokenizer
 
 
+# A local checkpoint's files that do not change what loading it gives, left out of its digest:
+# damoc's own records (a zoo candidate's build record carries the build's timings, so a rebuild
+# with the same weights would otherwise retrain every cached trial), documentation, and weights in
+# pickle and other formats damoc never loads (safetensors only), which would only cost hashing.
+DIGEST_SKIPPED_NAMES = frozenset({"stage.json", "damoc_zoo.json", "README.md"})
+DIGEST_SKIPPED_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx", ".gguf",
+                                     ".png", ".md"})
+
+
 def checkpoint_digest(path: str) -> str:
-    """What identifies a candidate's weights in fingerprints: the content of a local checkpoint's
-    config and weights, or the hub id (and revision) for remote models."""
+    """What identifies a candidate in fingerprints: for a local checkpoint the content of every
+    top-level file loading it can read (config, generation config, weights, every tokenizer file
+    such as tokenizer.model or merges.txt, remote code); for a remote model its hub id."""
     from damoc.fingerprint import file_digest
 
     p = Path(path)
     if not p.is_dir():
         return f"hub:{path}"
-    files = sorted(f for f in p.iterdir() if f.suffix in (".json", ".safetensors") and f.name != "stage.json")
+    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                   and f.name not in DIGEST_SKIPPED_NAMES and f.suffix not in DIGEST_SKIPPED_SUFFIXES)
     return json.dumps({f.name: file_digest(f) for f in files}, sort_keys=True)
 
 
