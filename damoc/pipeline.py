@@ -218,13 +218,12 @@ def warn_unprunable(config: RunConfig, paths: dict[str, str]) -> list[str]:
     Returns the messages."""
     from damoc.models.compress import unprunable
 
-    if not config.model_compression.prune_ratio:
-        return []
     messages = []
     for candidate in config.candidates:
-        if not Path(paths[candidate.display_name]).is_dir():
-            continue  # a hub id: its config is fetched by the trial, not by a second request here
-        why = unprunable(paths[candidate.display_name], config.model_compression, candidate.display_name,
+        compression = config.model_compression_for(candidate)   # a candidate may set its own ratio
+        if not compression.prune_ratio or not Path(paths[candidate.display_name]).is_dir():
+            continue  # nothing to prune; or a hub id, whose config the trial fetches, not a second request here
+        why = unprunable(paths[candidate.display_name], compression, candidate.display_name,
                          trust_remote_code=candidate.trust_remote_code)
         if why:
             messages.append(why)

@@ -394,10 +394,12 @@ def test_select_names_candidates_the_pruning_cannot_apply_to_before_any_trial(tm
         LlamaConfig(num_hidden_layers=layers, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                     num_key_value_heads=2, vocab_size=64).save_pretrained(paths[name])
 
-    def config(**compression):
-        return validate_config({"name": "t", "candidates": [{"model": paths["shallow"], "name": "shallow"},
-                                                              {"model": paths["deep"], "name": "deep"}],
-                                "data": {"source": "bundled:wordnet-lexcat"}, "model_compression": compression})
+    def config(own=None, **compression):
+        own = own or {}
+        candidates = [{"model": paths[name], "name": name,
+                       **({"model_compression": own[name]} if name in own else {})} for name in ("shallow", "deep")]
+        return validate_config({"name": "t", "candidates": candidates, "data": {"source": "bundled:wordnet-lexcat"},
+                                "model_compression": compression})
 
     with caplog.at_level(logging.WARNING, logger="damoc"):
         messages = warn_unprunable(config(prune_ratio=0.75), paths)
@@ -407,6 +409,9 @@ def test_select_names_candidates_the_pruning_cannot_apply_to_before_any_trial(tm
     assert warn_unprunable(config(prune_ratio=0.5), paths) == []                      # 2 of 4: allowed
     assert warn_unprunable(config(prune_ratio=0.75, protect_first=False), paths) == []  # 3 removable
     assert warn_unprunable(config(prune_ratio=0.0), paths) == []
+    # A candidate's own ratio counts: pruning only the deep one by 0.75 is fine, the shallow one not.
+    assert warn_unprunable(config(own={"deep": {"prune_ratio": 0.75}}), paths) == []
+    assert warn_unprunable(config(own={"shallow": {"prune_ratio": 0.75}}), paths) == messages
     assert unprunable(str(tmp_path / "missing"), config(prune_ratio=0.75).model_compression, "missing") is None
 
 
