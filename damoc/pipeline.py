@@ -154,6 +154,8 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             # The ground truth keeps each test row's scores, so that the report can say which of its
             # pairs the test rows settle. They change no score, so they are not part of its key.
             "test_per_row": mode != "proxy",
+            # How many rows are evaluated at once: speed and memory, not the scores (not in the key).
+            "eval_batch_size": ranking.eval_batch_size,
             "baselines": [b for b in ranking.baselines if b != "size"] if mode == "proxy" else [],
             # Keys the ground truth too: it sets every trial's evaluation length (trial.py).
             "few_shot_k": ranking.few_shot_k,
@@ -175,12 +177,16 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             settings["compressed_model_dir"] = str(fp.stage_dir(cache, "model-compressed", fp.fingerprint(
                 "model-compressed", _weights_digest(paths[name]), settings["model_compression"], data_key,
                 training.seed, training.max_seq_length, training.chat_template)))
-        stable = {k: v for k, v in settings.items() if k not in ("data_dir", "compressed_model_dir", "test_per_row")}
+        stable = {k: v for k, v in settings.items() if k not in UNKEYED_SETTINGS}
         stable["candidate"] = {**settings["candidate"], "path": None}
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
     return jobs
 
+
+# Trial settings that change no score (paths, what is kept beside the scores, batch sizes of
+# evaluation), left out of the trial's cache key.
+UNKEYED_SETTINGS = ("data_dir", "compressed_model_dir", "test_per_row", "eval_batch_size")
 
 TRUTH_RUNGS = {"rungs": EarlyStoppingConfig.model_fields["rungs"].default,
                "reduction_factor": EarlyStoppingConfig.model_fields["reduction_factor"].default}

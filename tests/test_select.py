@@ -786,3 +786,29 @@ def test_a_trial_paused_at_each_rung_and_resumed_trains_as_one_that_never_stoppe
     assert final["baselines"] == expected["baselines"]
     assert final["wall_s"]["baselines"] == first["wall"]["baselines"] > 0   # evaluated once, in the first slice
     assert final["wall_s"]["fine_tune"] > max(h["fine_tune_s"] for h in final["history"][:2]) > 0
+
+
+def test_the_evaluation_batch_size_reaches_every_evaluation_but_not_the_trials_cache_key(micro_zoo, micro_zoo_cache,
+                                                                                         small_data, tmp_path,
+                                                                                         monkeypatch):
+    """`ranking.eval_batch_size` is speed and memory: a trial cached at one size is reused at another."""
+    import damoc.trials.evaluate as evaluate
+    from damoc.pipeline import _jobs
+
+    def jobs(*overrides):
+        config = micro_config(tmp_path, micro_zoo_cache, *overrides)
+        paths = {c.display_name: str(tmp_path / "no-such-checkpoint") for c in config.candidates}
+        return _jobs(config, paths, tmp_path / "data", "data-key", "classification", "proxy", micro_zoo_cache)
+
+    default, small = jobs(), jobs("ranking.eval_batch_size=2")
+    assert [j.entry for j in default] == [j.entry for j in small]
+    assert {j.settings["eval_batch_size"] for j in default} == {32} and {j.settings["eval_batch_size"] for j in small} == {2}
+
+    sizes = []
+    real = evaluate.in_batches
+    monkeypatch.setattr(evaluate, "in_batches", lambda n, size, run, desc: sizes.append(size) or real(n, size, run, desc=desc))
+    settings = dict(trial_settings(str(micro_zoo / "micro-qwen2-tiny-domain"), small_data), eval_batch_size=2)
+    result = run_trial(settings, lambda metrics: None)
+    assert result["status"] == "ok", result.get("error")
+    # Zero-shot, every rung's validation and the test evaluation all ran at 2 rows a batch.
+    assert len(sizes) >= 4 and set(sizes) == {2}

@@ -427,3 +427,71 @@ def test_bertscore_builds_its_scorer_once_per_process_with_the_same_scores(monke
     _, _, fresh = real().score([preds[0], preds[2]], [refs[0], refs[2]], verbose=False)
     assert [first[0], first[2]] == pytest.approx(fresh.tolist(), abs=1e-6)
     evaluate._cached_bertscorer.cache_clear()
+
+
+def _out_of_memory() -> RuntimeError:
+    # What torch raises on a CUDA device (torch.OutOfMemoryError is a RuntimeError).
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity)")
+
+
+def test_evaluation_batches_halve_only_on_out_of_memory_and_give_up_at_one_row(caplog):
+    from damoc.trials.evaluate import in_batches
+
+    calls = []
+
+    def fits_two(start, stop):
+        calls.append((start, stop))
+        if stop - start > 2:
+            raise _out_of_memory()
+
+    with caplog.at_level("WARNING", logger="damoc"):
+        in_batches(9, 16, fits_two, desc="scoring")
+    # 9 rows do not fit, nor 4; at 2 rows every slice runs once, and the size stays 2.
+    assert calls == [(0, 9), (0, 4), (0, 2), (2, 4), (4, 6), (6, 8), (8, 9)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "scoring: out of memory at 9 rows per batch; going on with 4 (ranking.eval_batch_size)",
+        "scoring: out of memory at 4 rows per batch; going on with 2 (ranking.eval_batch_size)"]
+
+    calls.clear()
+
+    def broken(start, stop):
+        calls.append((start, stop))
+        raise ValueError("not a memory error")
+
+    with pytest.raises(ValueError, match="not a memory error"):
+        in_batches(7, 8, broken, desc="scoring")
+    assert calls == [(0, 7)]                     # any other error is not retried
+
+    def never_fits(start, stop):
+        raise _out_of_memory()
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        in_batches(3, 4, never_fits, desc="scoring")
+
+
+def test_an_evaluation_that_runs_out_of_memory_goes_on_in_smaller_batches_with_the_same_scores(micro_zoo, lexcat,
+                                                                                                  monkeypatch):
+    from damoc.trials.evaluate import evaluate_records, generate_responses
+
+    model, tokenizer = load(micro_zoo, "micro-llama-deep-domain")
+    rows = lexcat.splits["test"][:10]
+    want_scores = evaluate_records(model, tokenizer, rows, "classification", batch_size=3)
+    want_text = evaluate_records(model, tokenizer, rows, "generation", batch_size=3, bertscore=False, max_new_tokens=6)
+    want_answers = generate_responses(model, tokenizer, rows, max_new_tokens=6, batch_size=3)
+    real_forward, widths = model.forward, []
+
+    @functools.wraps(real_forward)               # the same signature: cache_argument reads it
+    def three_rows_at_most(*args, **kwargs):
+        rows_in = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0]
+        widths.append(rows_in)
+        if rows_in > 3:
+            raise _out_of_memory()
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", three_rows_at_most)
+    got_scores = evaluate_records(model, tokenizer, rows, "classification", batch_size=12)
+    got_text = evaluate_records(model, tokenizer, rows, "generation", batch_size=12, bertscore=False, max_new_tokens=6)
+    assert max(widths) >= 10 and 3 in widths     # the whole batch was tried, then smaller ones
+    assert got_scores == pytest.approx(want_scores, rel=1e-5, abs=1e-6)
+    assert got_text == pytest.approx(want_text, rel=1e-5, abs=1e-6)
+    assert generate_responses(model, tokenizer, rows, max_new_tokens=6, batch_size=12) == want_answers

@@ -10,6 +10,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from damoc.trials import EVAL_BATCH_SIZE
+
 SPLITS = ("train", "validation", "test")
 DATA_FORMATS = ("auto", "canonical", "alpaca", "sharegpt", "messages", "prompt_completion",
                 "pubmedqa", "billsum", "columns")
@@ -237,6 +239,7 @@ class RankingConfig(Section):
     ground_truth: Literal["none", "full_ft"] = Field("none", description="full_ft also fine-tunes every uncompressed candidate on the full data and reports agreement.")
     ground_truth_training: TrainingOverrides = Field(default_factory=lambda: TrainingOverrides(), description="Overrides of the `training` section for the ground-truth runs, which use full fine-tuning unless `method` is set here.")
     eval_max_rows: Optional[int] = Field(500, ge=1, description="Evaluate on at most this many test rows.")
+    eval_batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, description="Rows per evaluation batch (scoring, and greedy generation for ROUGE-L and BERTScore), as `per_device_eval_batch_size` in HF Trainer. A batch that runs out of memory is run again at half its rows, down to one row, and the evaluation goes on at that size. Speed and memory only: scores do not depend on it beyond rounding, so it is not part of a trial's cache key.")
     bertscore_model: Optional[str] = Field(None, description="BERTScore backbone (default: the offline all-MiniLM-L6-v2).")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 

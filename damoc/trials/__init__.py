@@ -5,3 +5,5 @@ METRICS = {"accuracy": True, "gold_logprob": True, "rouge_l": True, "bertscore":
 # What each rung evaluation measures (accuracy and gold_logprob on classification tasks); ROUGE-L and
 # BERTScore need generation, which only the final test evaluation runs.
 RUNG_METRICS = ("eval_loss", "gold_logprob", "accuracy")
+# Rows per evaluation batch unless `ranking.eval_batch_size` says otherwise.
+EVAL_BATCH_SIZE = 32

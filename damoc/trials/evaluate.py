@@ -10,16 +10,20 @@ same context ids.
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from damoc.data.records import Record
 from damoc.log import progress
+from damoc.trials import EVAL_BATCH_SIZE
 from damoc.trials.logits import cache_argument, keeps_logits_by_mask, logits_at
 from damoc.trials.prompts import PromptFormat
+
+log = logging.getLogger("damoc")
 
 
 def _format(tokenizer, fmt: Optional[PromptFormat]) -> PromptFormat:
@@ -29,6 +33,37 @@ def _format(tokenizer, fmt: Optional[PromptFormat]) -> PromptFormat:
 def _positions_limit(model, max_length: Optional[int]) -> int:
     positions = getattr(model.config, "max_position_embeddings", None) or 2048
     return min(max_length or positions, positions)
+
+
+def in_batches(n: int, batch_size: int, run: Callable[[int, int], None], *, desc: str) -> None:
+    """Call run(start, stop) over rows [0, n) in slices of at most `batch_size` rows.
+
+    A slice that runs out of memory (as accelerate's `should_reduce_batch_size` tells CUDA, MPS, XPU
+    and CPU allocator errors apart) is run again at half its rows, down to one row, and the rest go
+    at that size: a 7B candidate's few-shot prompts may not fit where its zero-shot ones did. `run`
+    must write its results by row index, so a slice run twice changes nothing. accelerate's
+    `find_executable_batch_size` would start the whole call again; this keeps the slices done."""
+    bar = progress(desc=desc, total=n, unit="row")
+    start = 0
+    try:
+        while start < n:
+            stop = min(n, start + batch_size)
+            try:
+                run(start, stop)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory errors are retried
+                from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
+                if stop - start <= 1 or not should_reduce_batch_size(e):
+                    raise
+                clear_device_cache(garbage_collection=True)
+                batch_size = (stop - start) // 2
+                log.warning("%s: out of memory at %d rows per batch; going on with %d (ranking.eval_batch_size)",
+                            desc, stop - start, batch_size)
+                continue
+            bar.update(stop - start)
+            start = stop
+    finally:
+        bar.close()
 
 
 # Below this many shared leading tokens a batch runs whole: the cache's set-up costs more than the
@@ -80,8 +115,9 @@ def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
     sums: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     nexts: list[list[float]] = [[] for _ in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        batch = order[start:start + batch_size]
+
+    def run(start: int, stop: int) -> None:
+        batch = order[start:stop]
         seqs = []
         for i in batch:
             ctx, cont = pairs[i]
@@ -117,11 +153,13 @@ def _score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]],
             sums[i] = (rows[torch.arange(n_cont, device=rows.device), targets].sum().item(), n_cont)
             if next_ids is not None:
                 nexts[i] = rows[0, list(next_ids[i])].tolist()
+
+    in_batches(len(order), batch_size, run, desc=desc)
     return sums, nexts
 
 
 def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], *,
-                          batch_size: int = 32, max_length: Optional[int] = None, desc: str = "scoring") -> list[tuple[float, int]]:
+                          batch_size: int = EVAL_BATCH_SIZE, max_length: Optional[int] = None, desc: str = "scoring") -> list[tuple[float, int]]:
     """Sum of log p(continuation | context) and the continuation's length, for each pair of id lists.
     Contexts too long for `max_length` are cut from the left (the continuation is always kept)."""
     return _score_pairs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, desc=desc)[0]
@@ -192,7 +230,7 @@ def _loss_summary(scores: Sequence[tuple[float, int]], rows: int, per_row: bool 
     return out
 
 
-def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
+def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: int = EVAL_BATCH_SIZE,
                   max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None, per_row: bool = False) -> dict:
     """Accuracy by option log-likelihood (sum over the option's tokens), plus the mean normalised
     log-probability of the gold option among the options (`gold_logprob`; chance = -log(#options)),
@@ -202,7 +240,7 @@ def score_choices(model, tokenizer, records: Sequence[Record], *, batch_size: in
     return _choice_summary(records, scores, per_row)
 
 
-def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
+def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: int = EVAL_BATCH_SIZE,
                   max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None, per_row: bool = False) -> dict:
     """Mean per-token cross-entropy of the response (with its end-of-turn) given the prompt: the
     eval loss, on exactly the tokens fine-tuning puts its loss on."""
@@ -212,7 +250,7 @@ def response_loss(model, tokenizer, records: Sequence[Record], *, batch_size: in
     return _loss_summary(scores, len(records), per_row)
 
 
-def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_size: int = 32,
+def classification_scores(model, tokenizer, records: Sequence[Record], *, batch_size: int = EVAL_BATCH_SIZE,
                           max_length: Optional[int] = None, fmt: Optional[PromptFormat] = None,
                           per_row: bool = False) -> dict:
     """`response_loss` and `score_choices` of the same rows, with the same values.
@@ -254,11 +292,12 @@ def generate_responses(model, tokenizer, records: Sequence[Record], *, max_new_t
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     share = cache_argument(model)
-    outputs: list[str] = []
+    outputs: list[str] = [""] * len(records)
     positions = getattr(model.config, "max_position_embeddings", None) or 2048
-    for start in progress(range(0, len(records), batch_size), desc="generating", unit="batch"):
+
+    def run(start: int, stop: int) -> None:
         # Keep the prompt's end when it would not leave room for the answer.
-        contexts = [fmt.context_ids(r)[-(positions - max_new_tokens):] for r in records[start:start + batch_size]]
+        contexts = [fmt.context_ids(r)[-(positions - max_new_tokens):] for r in records[start:stop]]
         # Every row keeps at least its last token to run: generation starts from its logits.
         shared = _shared_prefix_length(contexts, [len(c) - 1 for c in contexts]) if share else 0
         if shared < SHARED_PREFIX_MIN_TOKENS or len(contexts) < 2:
@@ -278,11 +317,13 @@ def generate_responses(model, tokenizer, records: Sequence[Record], *, max_new_t
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                    eos_token_id=tokenizer.eos_token_id, **cached)
-        for row in generated[:, width:].tolist():
-            text = tokenizer.decode(row, skip_special_tokens=True)
+        for row, ids in enumerate(generated[:, width:].tolist()):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
             if stop_at_newline:
                 text = text.split("\n", 1)[0]
-            outputs.append(text.strip())
+            outputs[start + row] = text.strip()
+
+    in_batches(len(records), batch_size, run, desc="generating")
     return outputs
 
 
@@ -339,21 +380,24 @@ def bertscore_f1_scores(predictions: Sequence[str], references: Sequence[str], m
 
 def evaluate_records(model, tokenizer, records: Sequence[Record], task_type: str, *, fmt: Optional[PromptFormat] = None,
                      generate: bool = True, bertscore: bool = True, bertscore_model: Optional[str] = None,
-                     max_new_tokens: int = 48, max_length: Optional[int] = None, per_row: bool = False) -> dict:
+                     max_new_tokens: int = 48, max_length: Optional[int] = None, per_row: bool = False,
+                     batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Every score of a model on a task's rows: eval loss always; accuracy and the gold option's
     log-probability for classification; ROUGE-L and BERTScore of greedy generations for
     generation (when `generate`). With `per_row`, also `row_<metric>`: each row's [value, weight]
     for every score (the metric is sum(value) / sum(weight); a ROUGE-L or BERTScore row weighs 1),
     so that two models scored on the same rows can be compared row by row."""
     if task_type == "classification":
-        scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length, per_row=per_row)
+        scores = classification_scores(model, tokenizer, records, fmt=fmt, max_length=max_length, per_row=per_row,
+                                       batch_size=batch_size)
         scores.pop("tokens", None)
         return {"rows": len(records), **scores}
     scores = {"rows": len(records), **response_loss(model, tokenizer, records, fmt=fmt, max_length=max_length,
-                                                    per_row=per_row)}
+                                                    per_row=per_row, batch_size=batch_size)}
     scores.pop("tokens", None)
     if generate:
-        predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt)
+        predictions = generate_responses(model, tokenizer, records, max_new_tokens=max_new_tokens, fmt=fmt,
+                                         batch_size=batch_size)
         references = [r["response"] for r in records]
         rows = {"rouge_l": rouge_l_scores(predictions, references)}
         if bertscore:

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from damoc.trials import METRICS
+from damoc.trials import EVAL_BATCH_SIZE, METRICS
 
 log = logging.getLogger("damoc.trials")
 
@@ -264,7 +264,8 @@ def run_trial(settings: dict, report: Report) -> dict:
         training = dict(training, max_seq_length=positions)
     # Few-shot prompts are longer than training rows; the model's positions are the hard limit.
     max_length = min(positions, (settings.get("few_shot_k", 0) + 2) * training["max_seq_length"])
-    evaluate = dict(bertscore_model=settings.get("bertscore_model"), max_length=max_length)
+    evaluate = dict(bertscore_model=settings.get("bertscore_model"), max_length=max_length,
+                    batch_size=settings.get("eval_batch_size", EVAL_BATCH_SIZE))
 
     params = sum(p.numel() for p in model.parameters())
     result.update(params=params, architecture=type(model).__name__)
