@@ -434,10 +434,18 @@ def _out_of_memory() -> RuntimeError:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity)")
 
 
-def test_evaluation_batches_halve_only_on_out_of_memory_and_give_up_at_one_row(caplog):
+def test_evaluation_batches_halve_only_on_out_of_memory_and_give_up_at_one_row(caplog, monkeypatch):
+    import sys
+
+    import accelerate.utils.memory
+
     from damoc.trials.evaluate import in_batches
 
-    calls = []
+    calls, handling = [], []
+    # The device cache is cleared once the error is handled: inside the handler the exception's
+    # frames still hold the failed batch's tensors.
+    monkeypatch.setattr(accelerate.utils.memory, "clear_device_cache",
+                        lambda garbage_collection: handling.append(sys.exc_info()[0]))
 
     def fits_two(start, stop):
         calls.append((start, stop))
@@ -448,6 +456,7 @@ def test_evaluation_batches_halve_only_on_out_of_memory_and_give_up_at_one_row(c
         in_batches(9, 16, fits_two, desc="scoring")
     # 9 rows do not fit, nor 4; at 2 rows every slice runs once, and the size stays 2.
     assert calls == [(0, 9), (0, 4), (0, 2), (2, 4), (4, 6), (6, 8), (8, 9)]
+    assert handling == [None, None]
     assert [r.getMessage() for r in caplog.records] == [
         "scoring: out of memory at 9 rows per batch; going on with 4 (ranking.eval_batch_size)",
         "scoring: out of memory at 4 rows per batch; going on with 2 (ranking.eval_batch_size)"]

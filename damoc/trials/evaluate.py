@@ -50,18 +50,20 @@ def in_batches(n: int, batch_size: int, run: Callable[[int, int], None], *, desc
             stop = min(n, start + batch_size)
             try:
                 run(start, stop)
+                bar.update(stop - start)
+                start = stop
+                continue
             except Exception as e:  # noqa: BLE001 - only out-of-memory errors are retried
+                # Imported here: accelerate takes about a second to import, and most runs never get here.
                 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
                 if stop - start <= 1 or not should_reduce_batch_size(e):
                     raise
-                clear_device_cache(garbage_collection=True)
-                batch_size = (stop - start) // 2
-                log.warning("%s: out of memory at %d rows per batch; going on with %d (ranking.eval_batch_size)",
-                            desc, stop - start, batch_size)
-                continue
-            bar.update(stop - start)
-            start = stop
+            # Out of the handler, the failed batch's tensors (held by the exception's frames) can go.
+            clear_device_cache(garbage_collection=True)
+            batch_size = (stop - start) // 2
+            log.warning("%s: out of memory at %d rows per batch; going on with %d (ranking.eval_batch_size)",
+                        desc, stop - start, batch_size)
     finally:
         bar.close()
 
