@@ -95,7 +95,8 @@ PROFILES = {
         "job": "jobs/demo.yaml",
         "max_rows": {"wordnet-lexcat": {"test": 800}, "wordnet-defgen": {"train": 4000, "test": 200}},
         "eval_max_rows": {"wordnet-lexcat": 800, "wordnet-defgen": 200},
-        "truth_training": {"method": "full", "learning_rate": 1.0e-3, "epochs": 1, "batch_size": 16},
+        "truth_training": {"method": "full", "learning_rate": 1.0e-3, "epochs": 1, "batch_size": 16,
+                           "lr_scheduler_type": "cosine"},
         # One seed keeps a cold run within the hour on 2 cores (49 and 56 min measured at 2e81670 and b9258d4,
         # with proxy_seeds below; a second seed adds its ground truth again, about 20 min). `--truth-seeds 0,1` repeats full
         # fine-tuning with a second seed (data order, dropout) and scores each candidate by its mean:
@@ -125,7 +126,8 @@ PROFILES = {
         "max_rows": {"wordnet-lexcat": {"train": 128, "validation": 32, "test": 32},
                      "wordnet-defgen": {"train": 128, "validation": 32, "test": 32}},
         "eval_max_rows": {"wordnet-lexcat": 32, "wordnet-defgen": 32},
-        "truth_training": {"method": "full", "learning_rate": 3.0e-3, "epochs": 1, "batch_size": 8},
+        "truth_training": {"method": "full", "learning_rate": 3.0e-3, "epochs": 1, "batch_size": 8,
+                           "lr_scheduler_type": "cosine"},
         "truth_seeds": [0],
         "proxy_seeds": [0, 1],   # one repeat of the demo proxy, so CI runs that path too
         "sweep": {"wordnet-lexcat": [(0.5, 0.0), (1.0, 0.0)], "wordnet-defgen": [(0.5, 0.0), (1.0, 0.0)]},

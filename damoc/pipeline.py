@@ -178,6 +178,10 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
                 "model-compressed", _weights_digest(paths[name]), settings["model_compression"], data_key,
                 training.seed, training.max_seq_length, training.chat_template)))
         stable = {k: v for k, v in settings.items() if k not in UNKEYED_SETTINGS}
+        # Settings added after trials were cached are left out of the key at their defaults, so
+        # those trials keep their keys.
+        stable["training"] = {k: v for k, v in stable["training"].items()
+                              if k not in TRAINING_DEFAULTS_UNKEYED or TRAINING_DEFAULTS_UNKEYED[k] != v}
         stable["candidate"] = {**settings["candidate"], "path": None}
         key = fp.fingerprint(TRIAL_STAGE, stable, _weights_digest(paths[name]), data_key, stage_version=TRIAL_VERSION)
         jobs.append(TrialJob(name, settings, fp.stage_dir(cache, TRIAL_STAGE, key)))
@@ -187,6 +191,8 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
 # Trial settings that change no score (paths, what is kept beside the scores, batch sizes of
 # evaluation), left out of the trial's cache key.
 UNKEYED_SETTINGS = ("data_dir", "compressed_model_dir", "test_per_row", "eval_batch_size")
+
+TRAINING_DEFAULTS_UNKEYED = {"lr_scheduler_type": "cosine"}
 
 TRUTH_RUNGS = {"rungs": EarlyStoppingConfig.model_fields["rungs"].default,
                "reduction_factor": EarlyStoppingConfig.model_fields["reduction_factor"].default}

@@ -166,6 +166,7 @@ def test_winner_configs_for_llamafactory_and_axolotl(selection):
     rows = json.loads((Path(lf["dataset_dir"]) / info[lf["dataset"]]["file_name"]).read_text())
     assert len(rows) == report["task"]["splits"]["train"] and {"instruction", "output"} <= set(rows[0])
     assert Path(ax["datasets"][0]["path"]).is_file() and ax["datasets"][0]["type"] == "alpaca"
+    assert lf["lr_scheduler_type"] == ax["lr_scheduler"] == config.training.lr_scheduler_type
 
 
 def test_rerun_resumes_from_cache(selection, micro_zoo_cache, tmp_path, monkeypatch):
@@ -812,3 +813,20 @@ def test_the_evaluation_batch_size_reaches_every_evaluation_but_not_the_trials_c
     assert result["status"] == "ok", result.get("error")
     # Zero-shot, every rung's validation and the test evaluation all ran at 2 rows a batch.
     assert len(sizes) >= 4 and set(sizes) == {2}
+
+
+def test_a_training_setting_added_later_keys_a_trial_only_away_from_its_default(micro_zoo_cache, tmp_path):
+    """`training.lr_scheduler_type` came after trials were cached: at its default (cosine, what
+    every trial ran before) it leaves their keys as they were; another schedule is another trial."""
+    from damoc.pipeline import _jobs
+
+    def entries(*overrides):
+        config = micro_config(tmp_path, micro_zoo_cache, *overrides)
+        paths = {c.display_name: str(tmp_path / "no-such-checkpoint") for c in config.candidates}
+        return [job.entry for job in _jobs(config, paths, tmp_path / "data", "data-key", "classification", "proxy",
+                                           micro_zoo_cache)]
+
+    default = entries()
+    assert entries("training.lr_scheduler_type=cosine") == default
+    constant = entries("training.lr_scheduler_type=constant")
+    assert all(a != b for a, b in zip(constant, default)) and constant != entries("training.lr_scheduler_type=linear")

@@ -504,3 +504,30 @@ def test_an_evaluation_that_runs_out_of_memory_goes_on_in_smaller_batches_with_t
     assert got_scores == pytest.approx(want_scores, rel=1e-5, abs=1e-6)
     assert got_text == pytest.approx(want_text, rel=1e-5, abs=1e-6)
     assert generate_responses(model, tokenizer, rows, max_new_tokens=6, batch_size=12) == want_answers
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_the_learning_rate_follows_the_named_schedule_and_a_resumed_run_stays_on_it(micro_zoo, lexcat, kind):
+    from damoc.trials.finetune import Engine
+
+    rates = []
+
+    class Recording(Engine):
+        def set_lr(self, lr):
+            rates.append(lr)
+            super().set_lr(lr)
+
+    model, tokenizer = load(micro_zoo)
+    rows = lexcat.splits["train"][:32]
+    run = dict(learning_rate=1e-3, batch_size=4, max_steps=4, max_seq_length=32, warmup_ratio=0.0, lr_scheduler_type=kind)
+    engine = Recording(model, 1e-3, 0.0, 1)
+    finetune(model, tokenizer, rows, engine=engine, **run)
+    want = {"cosine": [1e-3 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)],
+            "linear": [1e-3 * (1 - s / 4) for s in range(4)],
+            "constant": [1e-3] * 4}[kind]
+    assert rates == pytest.approx(want)
+    # Paused after 2 steps and resumed (as at a halving rung): the same rates, step for step.
+    whole, rates[:] = list(rates), []
+    paused = finetune(model, tokenizer, rows, engine=engine, stop_step=2, **run)
+    finetune(model, tokenizer, rows, engine=engine, resume=paused["resume"], **run)
+    assert rates == pytest.approx(whole)

@@ -68,7 +68,7 @@ def write_winner_configs(out: Path, report: dict, *, config: RunConfig, data: Lo
         "per_device_train_batch_size": training.batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "learning_rate": training.learning_rate, "num_train_epochs": training.epochs,
-        "lr_scheduler_type": "cosine", "warmup_ratio": training.warmup_ratio, "weight_decay": training.weight_decay,
+        "lr_scheduler_type": training.lr_scheduler_type, "warmup_ratio": training.warmup_ratio, "weight_decay": training.weight_decay,
         "bf16": training.bf16 is True, "seed": training.seed, "logging_steps": 10, "save_steps": 500,
         "overwrite_output_dir": True,
     }
@@ -86,7 +86,7 @@ def write_winner_configs(out: Path, report: dict, *, config: RunConfig, data: Lo
         **({"deepspeed": deepspeed} if deepspeed else {}),
         "micro_batch_size": training.batch_size, "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "num_epochs": training.epochs, "learning_rate": training.learning_rate, "optimizer": "adamw_torch",
-        "lr_scheduler": "cosine", "warmup_ratio": training.warmup_ratio, "weight_decay": training.weight_decay,
+        "lr_scheduler": training.lr_scheduler_type, "warmup_ratio": training.warmup_ratio, "weight_decay": training.weight_decay,
         "bf16": "auto" if training.bf16 == "auto" else training.bf16, "seed": training.seed,
         "output_dir": f"./outputs/{name}",
     }

@@ -129,7 +129,7 @@ def optimizer_steps(n_examples: int, *, epochs: float, batch_size: int, accumula
 def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: float, epochs: float = 1.0,
              batch_size: int = 16, gradient_accumulation_steps: int = 1, max_steps: Optional[int] = None,
              max_seq_length: int = 256, loss_on: str = "completion", packing: bool = False,
-             warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0,
+             warmup_ratio: float = 0.05, lr_scheduler_type: str = "cosine", weight_decay: float = 0.0, seed: int = 0,
              fmt: Optional[PromptFormat] = None, engine: Optional[Engine] = None, rank: int = 0, world_size: int = 1,
              bf16: bool = False, eval_steps: Sequence[int] = (),
              on_eval: Optional[Callable[[int, dict], None]] = None,
@@ -163,6 +163,7 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
     shard = order[rank::world_size]          # the same seeded order everywhere, one slice per worker
     engine = engine or Engine(model, learning_rate, weight_decay, gradient_accumulation_steps)
     warmup = max(1, int(steps * warmup_ratio))
+    decay = lr_decay(lr_scheduler_type, steps)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
@@ -177,7 +178,7 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
             torch.cuda.set_rng_state(resume["cuda_rng"])
     last = min(steps, stop_step) if stop_step else steps
     for step in progress(range(first, last), desc="fine-tuning", unit="step"):
-        engine.set_lr(learning_rate * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        engine.set_lr(learning_rate * min(1.0, (step + 1) / warmup) * decay(step))
         for micro in range(gradient_accumulation_steps):
             start = (step * gradient_accumulation_steps + micro) * batch_size
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in shard[start:start + batch_size]], pad).items()}
@@ -203,6 +204,19 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
                 "resume": {"step": last, "tokens": tokens, "losses": losses[-RECENT:], "torch_rng": torch.get_rng_state(),
                            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}}
     return _progress(steps, tokens, losses, started)
+
+
+def lr_decay(kind: str, steps: int) -> Callable[[int], float]:
+    """The factor on the peak learning rate at optimizer step `step` (0-based) of `steps`, after
+    the warm-up: transformers' `get_scheduler` curves of the same names, as functions of the step,
+    so that a run paused at a rung and resumed lands on the same rates (no scheduler state)."""
+    if kind == "cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
+    if kind == "linear":
+        return lambda step: 1 - step / steps
+    if kind == "constant":
+        return lambda step: 1.0
+    raise ValueError(f"lr_scheduler_type must be cosine, linear or constant, got {kind!r}")
 
 
 RECENT = 20   # micro-batch losses whose mean is reported as the training loss

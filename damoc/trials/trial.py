@@ -363,6 +363,7 @@ def run_trial(settings: dict, report: Report) -> dict:
                             max_steps=training["max_steps"], max_seq_length=training["max_seq_length"],
                             loss_on=training["loss_on"], packing=training["packing"],
                             warmup_ratio=training["warmup_ratio"], weight_decay=training["weight_decay"],
+                            lr_scheduler_type=training.get("lr_scheduler_type", "cosine"),
                             seed=training["seed"], fmt=fmt, engine=engine, rank=rank, world_size=world, bf16=bf16,
                             eval_steps=rungs, on_eval=on_eval,
                             stop_step=rungs[pause_at] if pause_at is not None else None, resume=resume)
