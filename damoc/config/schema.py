@@ -177,7 +177,7 @@ class TrainingConfig(Section):
     loss_on: Literal["completion", "all"] = Field("completion", description="Compute the loss on response tokens only (completion) or on every token.")
     chat_template: Literal["auto", "none"] = Field("auto", description="auto: use the model's chat template when it has one; none: plain prompt + response.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Linear warm-up as a fraction of steps.")
-    lr_scheduler_type: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after the warm-up, by its name in HF Trainer (`lr_scheduler_type`): cosine or linear decay to zero at the last step, or constant at `learning_rate`.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after the warm-up, by its name in HF Trainer (`lr_scheduler_type`): cosine or linear decay towards zero over the run's steps, or constant at `learning_rate`.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     bf16: Union[bool, Literal["auto"]] = Field("auto", description="bf16 autocast: auto = on when a GPU supports it.")
     deepspeed: Optional[str] = Field("auto", description="DeepSpeed config: `auto` (ZeRO-2 for full fine-tuning on more than one GPU worker, off otherwise), a preset (`zero2`), a JSON path, or null (off).")

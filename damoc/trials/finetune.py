@@ -207,9 +207,10 @@ def finetune(model, tokenizer, records: Sequence[Record], *, learning_rate: floa
 
 
 def lr_decay(kind: str, steps: int) -> Callable[[int], float]:
-    """The factor on the peak learning rate at optimizer step `step` (0-based) of `steps`, after
-    the warm-up: transformers' `get_scheduler` curves of the same names, as functions of the step,
-    so that a run paused at a rung and resumed lands on the same rates (no scheduler state)."""
+    """The factor on the peak learning rate at optimizer step `step` (0-based) of `steps`: the
+    shapes of transformers' schedules of the same names, here over all the steps with the warm-up
+    factor applied on top (as damoc's cosine always was). Functions of the step, with no scheduler
+    state, so that a run paused at a rung and resumed lands on the same rates."""
     if kind == "cosine":
         return lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
     if kind == "linear":
