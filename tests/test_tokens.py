@@ -108,6 +108,30 @@ def test_the_cue_class_is_a_short_last_line():
     assert kept("Answer:") == []
 
 
+def test_the_labels_class_keeps_each_lines_field_label():
+    def kept(text):
+        units = split_units(text, [m.span() for m in re.finditer(r"\s*\S+", text)])
+        return [text[u.word_start:u.word_end] for u, f in zip(units, forced_units(text, units, ["labels"])) if f]
+
+    assert kept("Term: gum\nKind of: resin\nWrite a short definition.\nDefinition:") == [
+        "Term:", "Kind", "of:", "Definition:"]
+    assert kept("### Instruction:\nSay hi\n\n  Input: x\n### Response:") == [
+        "###", "Instruction:", "Input:", "###", "Response:"]
+    # Not labels: a colon inside a line, more than 3 words before it, a colon not ending a word.
+    assert kept("It is a gum: a resin\nSee http://x.org at 12:30") == []
+    assert kept("Which category does this term belong to: act, food?") == []
+    assert kept("Answer:") == ["Answer:"]                                    # one line may be a label
+
+
+def test_labels_are_kept_when_compressing_and_not_by_default():
+    row = {"prompt": "Term: gum arabic\nKind of: resin\nDefinition:", "response": "a gum"}
+    with_labels, _ = compress_records(WordScorer(), [row], prompt_rate=0.75, response_rate=1.0,
+                                      force_keep=["cue", "labels"])
+    assert with_labels[0]["prompt"] == "Term: gum\nKind of:\nDefinition:"
+    default, _ = compress_records(WordScorer(), [row], prompt_rate=0.75, response_rate=1.0)
+    assert default[0]["prompt"] == "Term: gum arabic\nKind\nDefinition:"
+
+
 class WordScorer:
     """A stand-in scorer LM: whitespace words are tokens, and each text's earlier words score
     higher (so a last line is what self-information would drop first)."""

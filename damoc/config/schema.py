@@ -100,7 +100,7 @@ class TokenCompressionConfig(Section):
     keep_ratio: float = Field(0.5, gt=0, le=1, description="Fraction of each field's tokens kept (scorer tokenizer; met within one token per field).")
     fields: dict[Literal["prompt", "response"], float] = Field(default_factory=dict, description="Per-field keep ratios overriding keep_ratio, e.g. {prompt: 0.5, response: 0.9}.")
     response_score: Literal["conditional", "contrastive"] = Field("conditional", description="Response tokens scored by -log p(a | question, earlier answer tokens), or LongLLMLingua's contrastive score (that without the question minus that with it).")
-    force_keep: list[str] = Field(default_factory=lambda: ["digits", "negations", "cue"], description="Words never dropped: the classes `digits`, `negations` and `cue` (a prompt's last line when it has at most 3 words, e.g. `Answer:`), and any other entry as a literal word.")
+    force_keep: list[str] = Field(default_factory=lambda: ["digits", "negations", "cue"], description="Words never dropped: the classes `digits`, `negations`, `cue` (a prompt's last line when it has at most 3 words, e.g. `Answer:`) and `labels` (each line's field label of up to 3 words, e.g. `Kind of:`; not kept by default), and any other entry as a literal word.")
 
     @field_validator("fields")
     @classmethod

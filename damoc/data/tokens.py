@@ -31,6 +31,8 @@ is the most predictable text of a templated prompt, so self-information drops it
 what the loss on the response is conditioned on, and every prompt at evaluation and inference ends
 with it: a model fine-tuned on prompts without it learns to answer after the wrong text. On the
 bundled lexcat task at prompt keep 0.5 it was dropped from all 600 rows of a proxy's sample.
+The opt-in class "labels" keeps every line's field label ("Kind of:") too; not a default, since
+on the bundled tasks the labels crowd the content out of the budget (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ from damoc.data.lm import ScorerLM, TokenScores, question_context
 
 FIELDS = ("prompt", "response")
 RESPONSE_SCORES = ("conditional", "contrastive")
-FORCE_KEEP_CLASSES = ("digits", "negations", "cue")
+FORCE_KEEP_CLASSES = ("digits", "negations", "cue", "labels")
+DEFAULT_FORCE_KEEP = ("digits", "negations", "cue")   # the classes kept unless a config says otherwise
 CUE_MAX_WORDS = 3           # a longer last line is content (a question, an instruction), not a cue
+LABEL_MAX_WORDS = 3         # "Kind of:", "### Response:"; a longer text before a colon is content
 
 _UNIT = re.compile(r"\s*\S+")
 _LETTERS = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
@@ -128,11 +132,12 @@ def unit_scores(units: Sequence[Unit], token_scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = FORCE_KEEP_CLASSES,
+def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = DEFAULT_FORCE_KEEP,
                  phrases: Iterable[str] = ()) -> np.ndarray:
     """Which units must be kept: `force_keep` classes ("digits": a word containing a digit;
     "negations": not/no/never/..., n't forms; "cue": the words of the text's last line when it
-    has at most CUE_MAX_WORDS, meant for prompts), every other `force_keep` entry and every one of
+    has at most CUE_MAX_WORDS, meant for prompts; "labels": each line's field label, see
+    `label_spans`), every other `force_keep` entry and every one of
     `phrases` (e.g. the choices of a classification row) as a literal matched case-insensitively
     on whole words; a phrase of several words keeps every unit it touches."""
     force_keep = list(force_keep)
@@ -145,6 +150,8 @@ def forced_units(text: str, units: Sequence[Unit], force_keep: Iterable[str] = F
     spans = []
     if "cue" in force_keep:
         spans += cue_spans(text)
+    if "labels" in force_keep:
+        spans += label_spans(text)
     for literal in literals:
         literal = literal.strip()
         if not literal:
@@ -167,6 +174,21 @@ def cue_spans(text: str) -> list[tuple[int, int]]:
         return []
     words = _UNIT.findall(body[start:])
     return [(start, len(body))] if 0 < len(words) <= CUE_MAX_WORDS else []
+
+
+# A line's field label: up to LABEL_MAX_WORDS words (none holding a colon) at the start of a line,
+# ending in a colon that ends the line or is followed by whitespace ("Kind of: device", but not
+# "http://..." or "12:30").
+_LABEL = re.compile(r"^[ \t]*((?:[^\s:]+[ \t]+){0,%d}[^\s:]+:)(?=\s|$)" % (LABEL_MAX_WORDS - 1), re.MULTILINE)
+
+
+def label_spans(text: str) -> list[tuple[int, int]]:
+    """The spans of the field labels that start `text`'s lines ("Term:", "Kind of:", "### Response:").
+    A templated prompt's labels are its most predictable words, so self-information drops them first
+    (on the bundled lexcat task at prompt keep 0.5, "Definition:" and "Question:" went from most rows),
+    and what is left runs the fields together: the term and its definition read as one phrase. Every
+    prompt at evaluation and inference has them."""
+    return [m.span(1) for m in _LABEL.finditer(text)]
 
 
 def _is_negation(word: str) -> bool:
@@ -292,7 +314,7 @@ class Compressed:
 
 
 def compress_text(text: str, scores: TokenScores, rate: float, count: Callable[[Sequence[str]], list[int]], *,
-                  force_keep: Iterable[str] = FORCE_KEEP_CLASSES, phrases: Iterable[str] = (),
+                  force_keep: Iterable[str] = DEFAULT_FORCE_KEEP, phrases: Iterable[str] = (),
                   max_rounds: int = 8) -> Compressed:
     """Compress one text to `rate` of its tokens given its per-token scores (higher = keep).
 
@@ -339,7 +361,7 @@ def compress_text(text: str, scores: TokenScores, rate: float, count: Callable[[
 
 # ------------------------------------------------------------------------------------- records
 def compress_records(lm: ScorerLM, records: list[dict], *, prompt_rate: float, response_rate: float,
-                     force_keep: list[str] = FORCE_KEEP_CLASSES, response_score: str = "conditional",
+                     force_keep: list[str] = DEFAULT_FORCE_KEEP, response_score: str = "conditional",
                      batch_size: int = 16) -> tuple[list[dict], list[dict]]:
     """Compress the prompts and responses of canonical records to the given keep rates.
 
