@@ -54,6 +54,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -249,8 +250,11 @@ def truth_of(report: dict, truth_metric: str) -> dict:
 def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -> dict:
     """One ground truth from full fine-tuning repeated with each seed in `seeds` (one report each,
     in that order). Each candidate's score is its mean test score over the seeds, and its costs are
-    the mean of one fine-tune's: what full fine-tuning costs a user is one run per candidate, and the
-    repeats only make the reference steadier. Also records each seed's own scores and ranking
+    the median of one fine-tune's: what full fine-tuning costs a user is one run per candidate, and the
+    repeats only make the reference steadier. The median, not the mean, because the repeats are
+    often run on another day: a seed run while the machine was slower (one ran 43% slower than the
+    others, same code, same zoo) would otherwise inflate every ratio; with one or two seeds the two
+    are the same. Also records each seed's own scores and ranking
     (`by_seed`) and how well the seeds agree with each other (`seed_agreement`, pairwise)."""
     from itertools import combinations
 
@@ -267,15 +271,18 @@ def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -
         def mean(values):
             return sum(values) / len(values)
 
+        def median(values):
+            return statistics.median(values)
+
         candidates = {}
         for n in names:
             runs = [t["candidates"][n] for t in each]
             candidates[n] = {
                 "params": runs[0]["params"], "train_tokens": runs[0]["train_tokens"],
-                "train_flops": mean([r["train_flops"] for r in runs]),
+                "train_flops": median([r["train_flops"] for r in runs]),
                 "test": {k: mean([r["test"][k] for r in runs]) for k in runs[0]["test"]
                          if all(isinstance(r["test"].get(k), (int, float)) for r in runs)},
-                "wall_s": {k: mean([float((r["wall_s"] or {}).get(k) or 0) for r in runs]) for k in runs[0]["wall_s"] or {}},
+                "wall_s": {k: median([float((r["wall_s"] or {}).get(k) or 0) for r in runs]) for k in runs[0]["wall_s"] or {}},
             }
         scores = {n: candidates[n]["test"][truth_metric] for n in names}
         higher = each[0]["higher_is_better"]
@@ -284,9 +291,9 @@ def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -
             "metric": truth_metric, "higher_is_better": higher, "scores": scores,
             "ranking": sorted(scores, key=lambda n: (-scores[n] if higher else scores[n], n)),
             "candidates": candidates,
-            "train_flops": mean([t["train_flops"] for t in each]),
-            "train_s": mean([t["train_s"] for t in each]),
-            "end_to_end_s": mean([t["end_to_end_s"] for t in each]),
+            "train_flops": median([t["train_flops"] for t in each]),
+            "train_s": median([t["train_s"] for t in each]),
+            "end_to_end_s": median([t["end_to_end_s"] for t in each]),
         }
     truth["seeds"] = list(seeds)
     rows = {n: [t["candidates"][n].pop("test_rows", None) for t in each] for n in each[0]["candidates"]}

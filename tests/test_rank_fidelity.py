@@ -360,7 +360,7 @@ def test_a_tried_ground_truth_seed_is_scored_against_its_own_truth_and_compared(
 
 def test_a_ground_truth_over_two_seeds_is_their_mean_and_reports_how_far_they_agree(tmp_path):
     """With two seeds of full fine-tuning, each candidate's ground-truth score is its mean test
-    score; costs are one fine-tune's (the mean of the two); each seed's own ranking and the seeds'
+    score; costs are one fine-tune's (the median run's: with two, their mean); each seed's own ranking and the seeds'
     agreement are kept, and every ranking is also scored against each seed alone."""
     bench = _benchmark_module()
     truth0 = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
@@ -389,6 +389,12 @@ def test_a_ground_truth_over_two_seeds_is_their_mean_and_reports_how_far_they_ag
     # One seed: the ground truth is that run's, with no per-seed scoring of the rows.
     single = bench.truth_over_seeds(reports[:1], [0], "accuracy")
     assert single["scores"] == truth0 and single["seed_agreement"] == [] and "by_truth_seed" not in bench.score_ranking(["a", "b"], single)
+
+    # Three seeds, one of them run on a slower day: costs are the median run's, not dragged up by it.
+    slow = _fake_report(truth0, ["a", "b", "c", "d"], fine_tune_s=100.0, history=hist0)
+    three = bench.truth_over_seeds(reports + [slow], [0, 1, 2], "accuracy")
+    assert three["train_s"] == 4 * 30.0 and three["candidates"]["a"]["wall_s"]["fine_tune"] == 30.0
+    assert three["scores"]["a"] == pytest.approx((0.9 + 0.5 + 0.9) / 3)           # scores stay the mean
 
     payload = {"ground_truth": {"t": truth}, "results": [{"task": "t", "method": "damoc", "keep_ratio": 0.1, "prune_ratio": 0.25,
                                                            "compute_ratio": 30.0, "wall_ratio_train": 9.0,
