@@ -1,7 +1,7 @@
 """Rank fidelity: does damoc pick the candidate full fine-tuning would, and at what fraction of the cost?
 
     python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (49-56 min cold on 2 cores, measured; minutes once cached)
-    python benchmarks/rank_fidelity.py --truth-seeds 0,1   # the ground truth over two seeds (about 25 min more)
+    python benchmarks/rank_fidelity.py --truth-seeds 0,1,2   # the ground truth over three seeds (about 20-25 min more per seed)
     python benchmarks/rank_fidelity.py --proxy-seeds 0,1,2,3,4   # the default proxy repeated with 5 training seeds
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
     python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
@@ -26,11 +26,11 @@ Cost is measured, not estimated:
   test evaluation. Baseline evaluations run inside the damoc trials but are charged to the
   baselines, not to damoc.
 
-The ground truth is full fine-tuning with seed 0. With `--truth-seeds 0,1` (the published run) it is
+The ground truth is full fine-tuning with seed 0. With `--truth-seeds 0,1,2` (the published run) it is
 run with each seed and each candidate is scored by its mean test score over them (`truth_seeds`);
 each seed's own ranking, their agreement (`seed_agreement`: how far full fine-tuning repeats itself)
 and every method's Spearman against each seed alone (`by_truth_seed`) are kept beside it. Costs stay
-those of one full fine-tune per candidate.
+those of one full fine-tune per candidate (the median seed's run).
 
 The default proxy's figures are one draw of its training seed (which rows it keeps, their order,
 dropout). It is run again with each of `--proxy-seeds` (default 0,1,2, as `make bench` runs it;
