@@ -271,9 +271,7 @@ def truth_over_seeds(reports: list[dict], seeds: list[int], truth_metric: str) -
         def mean(values):
             return sum(values) / len(values)
 
-        def median(values):
-            return statistics.median(values)
-
+        median = statistics.median
         candidates = {}
         for n in names:
             runs = [t["candidates"][n] for t in each]
