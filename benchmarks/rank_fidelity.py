@@ -2,6 +2,7 @@
 
     python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (49-56 min cold on 2 cores, measured; minutes once cached)
     python benchmarks/rank_fidelity.py --truth-seeds 0,1,2   # the ground truth over three seeds (about 20-25 min more per seed)
+    python benchmarks/rank_fidelity.py --truth-seeds 0,1,2 --truth-seeds wordnet-lexcat=0,1,2,3,4   # one task's own seeds
     python benchmarks/rank_fidelity.py --proxy-seeds 0,1,2,3,4   # the default proxy repeated with 5 training seeds
     python benchmarks/rank_fidelity.py --quick    # micro zoo, small slices (a few minutes; the CI smoke test)
     python benchmarks/rank_fidelity.py --readme   # redraw the plots and README section from the results file
@@ -30,7 +31,9 @@ The ground truth is full fine-tuning with seed 0. With `--truth-seeds 0,1,2` (th
 run with each seed and each candidate is scored by its mean test score over them (`truth_seeds`);
 each seed's own ranking, their agreement (`seed_agreement`: how far full fine-tuning repeats itself)
 and every method's Spearman against each seed alone (`by_truth_seed`) are kept beside it. Costs stay
-those of one full fine-tune per candidate (the median seed's run).
+those of one full fine-tune per candidate (the median seed's run). `--truth-seeds TASK=SEEDS` gives
+one task its own seeds (`truth_seeds_by_task`): a task whose seeds disagree needs more of them than
+one whose seeds rank alike, and each seed of full fine-tuning costs about 20 min on 2 cores.
 
 The default proxy's figures are one draw of its training seed (which rows it keeps, their order,
 dropout). It is run again with each of `--proxy-seeds` (default 0,1,2, as `make bench` runs it;
@@ -693,9 +696,11 @@ def main(argv: list[str] | None = None) -> int:
                              "replace only the tasks run now")
     parser.add_argument("--readme", action="store_true",
                         help="only redraw the plots and the README section from the results file")
-    parser.add_argument("--truth-seeds", metavar="SEEDS",
+    parser.add_argument("--truth-seeds", metavar="[TASK=]SEEDS", action="append",
                         help="comma-separated seeds of the ground truth's full fine-tuning, scored by their "
-                             "mean (default: 0; the published run used 0,1, about 25 min more cold)")
+                             "mean (default: 0; about 20 min more per seed and task, cold); TASK=SEEDS sets one "
+                             "task's seeds over the others' (repeat the flag: --truth-seeds 0,1,2 "
+                             "--truth-seeds wordnet-lexcat=0,1,2,3,4)")
     parser.add_argument("--proxy-seeds", metavar="SEEDS",
                         help="comma-separated training seeds to repeat the default proxy (damoc) with, against "
                              "the same ground truth, reporting each seed's figures and their spread (default: "
@@ -718,14 +723,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank_fidelity: unknown task {unknown[0]!r} (bundled: {', '.join(TASKS)})", file=sys.stderr)
         return 2
     profile = PROFILES[mode]
-    for flag, key, text in (("--truth-seeds", "truth_seeds", args.truth_seeds),
-                            ("--proxy-seeds", "proxy_seeds", args.proxy_seeds)):
-        if text is not None:
-            try:
-                profile = {**profile, key: parse_seeds(text, flag)}
-            except ValueError as e:
-                print(f"rank_fidelity: {e}", file=sys.stderr)
-                return 2
+    try:
+        if args.truth_seeds:
+            profile = {**profile, **parse_truth_seeds(args.truth_seeds, tasks)}
+        if args.proxy_seeds is not None:
+            profile = {**profile, "proxy_seeds": parse_seeds(args.proxy_seeds, "--proxy-seeds")}
+    except ValueError as e:
+        print(f"rank_fidelity: {e}", file=sys.stderr)
+        return 2
     if args.proxy_seeds is not None and args.tried:
         print("rank_fidelity: --proxy-seeds repeats the full run's default proxy; with --try, give each entry "
               "its own training.seed", file=sys.stderr)
@@ -736,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tried:
         try:
             tried = read_tried(Path(args.tried))
-            tried_pairs = {task: tried_configs(profile, task, work, cache, tried) for task in tasks}
+            tried_pairs = {task: tried_configs(task_profile(profile, task), task, work, cache, tried) for task in tasks}
         except ValueError as e:
             print(f"rank_fidelity: {e}", file=sys.stderr)
             return 2
@@ -771,10 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         for task in tasks:
             task_started = time.perf_counter()
             if tried is not None:
-                rows, truth = run_tried(task, tried_pairs[task], log, profile["truth_seeds"])
-                configs[task] = base_config(profile, task, work, cache)
+                rows, truth = run_tried(task, tried_pairs[task], log, task_profile(profile, task)["truth_seeds"])
+                configs[task] = base_config(task_profile(profile, task), task, work, cache)
             else:
-                rows, truth, cfgs = run_task(profile, task, work, cache, log)
+                rows, truth, cfgs = run_task(task_profile(profile, task), task, work, cache, log)
                 configs[task] = cfgs["damoc"]
             results += rows
             truths[task] = truth
@@ -817,6 +822,41 @@ def parse_seeds(text: str, flag: str = "--truth-seeds") -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{flag} {text!r}: a seed is given twice")
     return seeds
+
+
+def parse_truth_seeds(values: list[str], tasks: list[str]) -> dict:
+    """Every `--truth-seeds` value, "SEEDS" (all tasks) or "TASK=SEEDS" (that task only), as the
+    profile keys they set: {"truth_seeds": [...]} and/or {"truth_seeds_by_task": {task: [...]}}.
+    ValueError with one line when a value is malformed, names a task the run does not include, or
+    sets the same thing twice."""
+    out: dict = {}
+    by_task: dict[str, list[int]] = {}
+    for value in values:
+        task, sep, seeds = value.rpartition("=")
+        if not sep:
+            if "truth_seeds" in out:
+                raise ValueError(f"--truth-seeds {value!r}: the seeds of every task are given twice")
+            out["truth_seeds"] = parse_seeds(value, "--truth-seeds")
+            continue
+        task = task.strip()
+        if task not in tasks:
+            known = ", ".join(tasks)
+            raise ValueError(f"--truth-seeds {value!r}: task {task!r} is not run (tasks: {known})")
+        if task in by_task:
+            raise ValueError(f"--truth-seeds {value!r}: the seeds of {task} are given twice")
+        try:
+            by_task[task] = parse_seeds(seeds, "--truth-seeds")
+        except ValueError as e:   # name the whole value, task included
+            raise ValueError(f"--truth-seeds {value!r}: {str(e).split(': ', 1)[1]}") from None
+    if by_task:
+        out["truth_seeds_by_task"] = by_task
+    return out
+
+
+def task_profile(profile: dict, task: str) -> dict:
+    """`profile` as one task runs it: its own ground-truth seeds (`truth_seeds_by_task`) when given."""
+    own = (profile.get("truth_seeds_by_task") or {}).get(task)
+    return {**profile, "truth_seeds": own} if own else profile
 
 
 def prepare_candidates(profile: dict, tasks: list[str], work: Path, cache: Path | None) -> tuple[float, dict[str, str]]:
@@ -1318,6 +1358,9 @@ def _command(payload: dict) -> str:
         seeds = profile.get(key, default["truth_seeds"] if key == "truth_seeds" else [0])
         if seeds != default[key]:
             flags.append(f"{flag} {','.join(map(str, seeds))}")
+        if key == "truth_seeds":
+            flags += [f"--truth-seeds {task}={','.join(map(str, own))}"
+                      for task, own in (profile.get("truth_seeds_by_task") or {}).items()]
     if not flags:
         return "`python benchmarks/rank_fidelity.py` (`make bench`)"
     return f"`python benchmarks/rank_fidelity.py {' '.join(flags)}`"

@@ -483,6 +483,54 @@ def test_truth_seeds_flag_sets_the_seeds_the_ground_truth_is_trained_with(monkey
     assert readme_written == [False]   # a results file other than the published one leaves the README alone
 
 
+def test_truth_seeds_flag_gives_one_task_its_own_seeds(monkeypatch, tmp_path, capsys):
+    """`--truth-seeds TASK=SEEDS` (repeatable) trains that task's ground truth with its own seeds and
+    the others with the plain value's (or the default); a task not run, a task or the plain value
+    given twice, or malformed seeds are refused with one line naming the value, exit 2, nothing
+    written; the results file records both and the README names the flags that reproduce it."""
+    bench = _benchmark_module()
+    out = tmp_path / "rf.json"
+    lexcat, defgen = "wordnet-lexcat", "wordnet-defgen"
+    for argv, expected in (
+            (["--truth-seeds", "wordnet-nope=0,1"], "task 'wordnet-nope' is not run"),
+            (["--tasks", defgen, "--truth-seeds", f"{lexcat}=0,1"], f"task '{lexcat}' is not run"),
+            (["--truth-seeds", f"{lexcat}=0,1", "--truth-seeds", f"{lexcat}=2"], f"the seeds of {lexcat} are given twice"),
+            (["--truth-seeds", "0", "--truth-seeds", "1"], "the seeds of every task are given twice"),
+            (["--truth-seeds", f"{lexcat}=0,x"], f"--truth-seeds '{lexcat}=0,x': expected comma-separated"),
+            (["--truth-seeds", f"{lexcat}=1,1"], "a seed is given twice")):
+        assert bench.main([*argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert not out.exists()
+
+    import ray
+
+    seen, truth_cfg_seed = {}, {}
+
+    def fake_run_task(profile, task, work, cache, log):
+        seen[task] = profile["truth_seeds"]
+        cfg = bench.base_config(profile, task, work, cache)
+        truth_cfg_seed[task] = cfg["ranking"]["ground_truth_training"]["seed"]
+        return [], {"seeds": profile["truth_seeds"]}, {"damoc": cfg}
+
+    monkeypatch.setattr(bench, "run_task", fake_run_task)
+    monkeypatch.setattr(bench, "prepare_candidates", lambda *a: (0.0, {}))
+    monkeypatch.setattr(bench, "write_outputs", lambda payload, path, readme: path.write_text(json.dumps(payload)))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    work = str(tmp_path / "work")
+    assert bench.main(["--truth-seeds", f"{lexcat}=3,1,4", "--out", str(out), "--work", work]) == 0
+    assert seen == {lexcat: [3, 1, 4], defgen: [0]} and truth_cfg_seed == {lexcat: 3, defgen: 0}
+    assert bench.main(["--truth-seeds", "0,2", "--truth-seeds", f"{lexcat}=0,1,2,3,4",
+                       "--out", str(out), "--work", work]) == 0
+    assert seen == {lexcat: [0, 1, 2, 3, 4], defgen: [0, 2]}
+    profile = json.loads(out.read_text())["config"]["profile"]
+    assert profile["truth_seeds"] == [0, 2] and profile["truth_seeds_by_task"] == {lexcat: [0, 1, 2, 3, 4]}
+    assert bench._command({"config": {"profile": profile}}) == \
+        f"`python benchmarks/rank_fidelity.py --truth-seeds 0,2 --truth-seeds {lexcat}=0,1,2,3,4`"
+    assert "truth_seeds_by_task" not in bench.PROFILES["full"]
+
+
 def test_the_readme_names_the_command_that_wrote_the_results():
     """`make bench` trains the ground truth with one seed and repeats the demo proxy with training
     seeds 0, 1 and 2; a results file written with other seeds is labelled with the flags that
