@@ -41,7 +41,8 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
 # The rank-fidelity benchmark (49-56 min cold on 2 Intel Xeon cores from a fresh clone, measured at
-# 2e81670 and b9258d4, with the machine's speed; plus about 10 min to build the demo zoo if
+# 2e81670 and b9258d4, and 62.7 min on 2 AMD EPYC cores at bb02fc1, with the machine's speed; with
+# `--proxy-seeds 0`, about 5 min less; plus about 10 min to build the demo zoo if
 # `make demo` has not; minutes once cached):
 # results/rank_fidelity.json, its plots and its section of benchmarks/README.md, all regenerated
 # from one run.
