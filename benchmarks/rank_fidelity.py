@@ -814,14 +814,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse_seeds(text: str, flag: str = "--truth-seeds") -> list[int]:
-    """`--truth-seeds` / `--proxy-seeds`: "0,1" -> [0, 1]; distinct non-negative integers, at least one."""
+def parse_seeds(text: str, flag: str = "--truth-seeds", shown: str | None = None) -> list[int]:
+    """`--truth-seeds` / `--proxy-seeds`: "0,1" -> [0, 1]; distinct non-negative integers, at least one.
+    Errors name `flag` and `shown` (the value as given, e.g. "wordnet-lexcat=0,x"; default `text`)."""
+    where = f"{flag} {(text if shown is None else shown)!r}"
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isdigit() for p in parts):
-        raise ValueError(f"{flag} {text!r}: expected comma-separated non-negative integers, e.g. 0,1")
+        raise ValueError(f"{where}: expected comma-separated non-negative integers, e.g. 0,1")
     seeds = [int(p) for p in parts]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{flag} {text!r}: a seed is given twice")
+        raise ValueError(f"{where}: a seed is given twice")
     return seeds
 
 
@@ -845,10 +847,7 @@ def parse_truth_seeds(values: list[str], tasks: list[str]) -> dict:
             raise ValueError(f"--truth-seeds {value!r}: task {task!r} is not run (tasks: {known})")
         if task in by_task:
             raise ValueError(f"--truth-seeds {value!r}: the seeds of {task} are given twice")
-        try:
-            by_task[task] = parse_seeds(seeds, "--truth-seeds")
-        except ValueError as e:   # name the whole value, task included
-            raise ValueError(f"--truth-seeds {value!r}: {str(e).split(': ', 1)[1]}") from None
+        by_task[task] = parse_seeds(seeds, "--truth-seeds", shown=value)
     if by_task:
         out["truth_seeds_by_task"] = by_task
     return out
