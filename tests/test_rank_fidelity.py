@@ -547,6 +547,23 @@ def test_the_readme_names_the_command_that_wrote_the_results():
         "`python benchmarks/rank_fidelity.py --proxy-seeds 0`"
 
 
+def test_the_readme_names_sweep_points_a_file_has_and_the_default_no_longer_runs():
+    """A results file written when the default sweep had other points: `make bench` at HEAD would
+    not give those rows, so the command is followed by the points that differ."""
+    bench = _benchmark_module()
+    default = bench.PROFILES["full"]["sweep"]
+    # As a results file stores it: JSON lists, not tuples; one point more, one fewer.
+    older = {task: [[0.1, 0.25]] + [list(p) for p in grid[1:]] for task, grid in default.items()}
+    first = default["wordnet-lexcat"][0]
+    text = bench._command({"config": {"profile": {"truth_seeds": [0], "proxy_seeds": [0, 1, 2], "sweep": older}}})
+    assert text == ("`python benchmarks/rank_fidelity.py` (`make bench`) (its sweep also had keep / prune "
+                    f"0.1 / 0.25, dropped from the default since; its sweep lacked {first[0]:g} / {first[1]:g}, "
+                    "added to the default since)")
+    same = {task: [list(p) for p in grid] for task, grid in default.items()}
+    assert bench._command({"config": {"profile": {"truth_seeds": [0], "proxy_seeds": [0, 1, 2], "sweep": same}}}) == \
+        "`python benchmarks/rank_fidelity.py` (`make bench`)"
+
+
 def test_the_default_proxy_is_repeated_with_each_training_seed_against_the_same_truth(monkeypatch, tmp_path):
     """`--proxy-seeds`: the demo proxy runs again with each other training seed (the job's own seed
     is the damoc run itself), only that seed changed, and each run is scored against the one
