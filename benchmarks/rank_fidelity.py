@@ -114,7 +114,7 @@ PROFILES = {
         "truth_seeds": [0],
         # The demo proxy is run with training seed 1 too (its row sample, data order and dropout):
         # with one seed, its figures are one draw (defgen ranked at 0.90, 0.86 and 0.83 with seeds
-        # 0, 1 and 2 on the Intel build; lexcat at 0.55, 0.90 and 0.63 on the AMD one). About 2.5
+        # 0, 1 and 2 on the Intel build; on the AMD one all three rank each task alike). About 2.5
         # min per seed for both tasks: seed 2 was dropped with the keep-0.1 sweep point after the
         # cold run at bb02fc1 took 62.7 min on AMD EPYC; `--proxy-seeds 0,1,2` runs it.
         "proxy_seeds": [0, 1],
