@@ -22,13 +22,21 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
-from peft.utils.merge_utils import calculate_majority_sign_mask, disjoint_merge, magnitude_based_pruning, random_pruning
 
 from damoc.models.importance import ModelCompressionError, decoder_layer_list
 
 
+def _peft_kernels():
+    # Imported when a merge runs, not with this module: every trial process imports it (through
+    # damoc.models.compress), and importing peft costs about 1.8 s on 2 CPU cores on top of
+    # transformers, paid again by each fresh Ray worker, while most selections merge nothing.
+    from peft.utils import merge_utils
+
+    return merge_utils
+
+
 def _trim(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
-    return delta if density >= 1 else magnitude_based_pruning(delta, density)
+    return delta if density >= 1 else _peft_kernels().magnitude_based_pruning(delta, density)
 
 
 def _drop(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
@@ -38,7 +46,7 @@ def _drop(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
     # caller's random state is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return random_pruning(delta, density, rescale=True)
+        return _peft_kernels().random_pruning(delta, density, rescale=True)
 
 
 def _keep(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
@@ -50,7 +58,8 @@ def _sum(deltas: torch.Tensor) -> torch.Tensor:
 
 
 def _elect(deltas: torch.Tensor) -> torch.Tensor:
-    return disjoint_merge(deltas, calculate_majority_sign_mask(deltas, method="total"))
+    kernels = _peft_kernels()
+    return kernels.disjoint_merge(deltas, kernels.calculate_majority_sign_mask(deltas, method="total"))
 
 
 @dataclass(frozen=True)
