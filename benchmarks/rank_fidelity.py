@@ -114,7 +114,7 @@ PROFILES = {
         "truth_seeds": [0],
         # The demo proxy is run with training seed 1 too (its row sample, data order and dropout):
         # with one seed, its figures are one draw (defgen ranked at 0.90, 0.86 and 0.83 with seeds
-        # 0, 1 and 2 on the Intel build; on the AMD one all three rank each task alike). About 2.5
+        # 0, 1 and 2 on the Intel build; on the AMD one all three rank each task alike). About 3
         # min per seed for both tasks: seed 2 was dropped with the keep-0.1 sweep point after the
         # cold run at bb02fc1 took 62.7 min on AMD EPYC; `--proxy-seeds 0,1,2` runs it.
         "proxy_seeds": [0, 1],
@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-seeds", metavar="SEEDS",
                         help="comma-separated training seeds to repeat the default proxy (damoc) with, against "
                              "the same ground truth, reporting each seed's figures and their spread (default: "
-                             "0,1; 0 for the job's seed alone; about 2.5 min per extra seed for both tasks)")
+                             "0,1; 0 for the job's seed alone; about 3 min per extra seed for both tasks)")
     args = parser.parse_args(argv)
 
     mode = "quick" if args.quick else "full"
