@@ -97,7 +97,8 @@ PROFILES = {
     # (commits 1a8dd44 and 8ebadbd measured them), and keep 0.1, the previous default, after a cold
     # run at bb02fc1 took 62.7 min on AMD EPYC (3.8 min of it keep 0.1's, its key-token scoring of
     # twice the demo's rows the larger part; every published run until then has it: lexcat misses
-    # top-1 there). `--try` with {"name": "keep0.1", "keep": 0.1} measures it again; halving_order.py reports keep 0.5.
+    # top-1 there). `--try` with {"name": "keep0.1", "keep": 0.1, "prune": 0.25} measures it again;
+    # halving_order.py reports keep 0.5.
     "full": {
         "job": "jobs/demo.yaml",
         "max_rows": {"wordnet-lexcat": {"test": 800}, "wordnet-defgen": {"train": 4000, "test": 200}},
@@ -106,8 +107,8 @@ PROFILES = {
                            "lr_scheduler_type": "cosine"},
         # One seed keeps a cold run within the issue's hour on 2 cores (56 min at 36ad7d2 on AMD
         # EPYC, with proxy_seeds and the sweep below; a second seed adds its ground truth again,
-        # about 20 min). `--truth-seeds 0,1` repeats full
-        # fine-tuning with a second seed (data order, dropout) and scores each candidate by its mean:
+        # about 20 min). `--truth-seeds 0,1` repeats full fine-tuning with a second seed (data
+        # order, dropout) and scores each candidate by its mean:
         # on one build of the zoo two lexcat seeds agreed at only 0.60, on another at 0.95 (README),
         # and only a second seed tells which case a run is in. The published run at dc92f05 used two;
         # those since use one.
