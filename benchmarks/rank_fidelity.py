@@ -1,6 +1,6 @@
 """Rank fidelity: does damoc pick the candidate full fine-tuning would, and at what fraction of the cost?
 
-    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (56 min cold on 2 cores, measured; minutes once cached)
+    python benchmarks/rank_fidelity.py            # demo zoo, both bundled tasks (56-57 min cold on 2 cores, measured; minutes once cached)
     python benchmarks/rank_fidelity.py --truth-seeds 0,1,2   # the ground truth over three seeds (about 20-25 min more per seed)
     python benchmarks/rank_fidelity.py --truth-seeds 0,1,2 --truth-seeds wordnet-lexcat=0,1,2,3,4   # one task's own seeds
     python benchmarks/rank_fidelity.py --proxy-seeds 0,1,2,3,4   # the default proxy repeated with 5 training seeds
@@ -105,8 +105,8 @@ PROFILES = {
         "eval_max_rows": {"wordnet-lexcat": 800, "wordnet-defgen": 200},
         "truth_training": {"method": "full", "learning_rate": 1.0e-3, "epochs": 1, "batch_size": 16,
                            "lr_scheduler_type": "cosine"},
-        # One seed keeps a cold run within the issue's hour on 2 cores (56 min at 36ad7d2 on AMD
-        # EPYC, with proxy_seeds and the sweep below; a second seed adds its ground truth again,
+        # One seed keeps a cold run within the issue's hour on 2 cores (56-57 min at 36ad7d2 and
+        # fbf3109 on AMD EPYC, with proxy_seeds and the sweep below; a second seed adds its ground truth again,
         # about 20 min). `--truth-seeds 0,1` repeats full fine-tuning with a second seed (data
         # order, dropout) and scores each candidate by its mean:
         # on one build of the zoo two lexcat seeds agreed at only 0.60, on another at 0.95 (README),
