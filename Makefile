@@ -41,10 +41,10 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
 # The rank-fidelity benchmark (56-57 min cold on 2 AMD EPYC cores from a fresh clone, measured at
-# 36ad7d2 and fbf3109; before 36ad7d2 dropped the keep-0.1 sweep point and the third proxy seed, 62.7 min there at
-# bb02fc1 and 49-56 min on 2 Intel Xeon cores at 2e81670 and b9258d4, with the machine's speed;
-# with `--proxy-seeds 0`, about 3 min less; plus about 10-12 min to build the demo zoo if
-# `make demo` has not; minutes once cached):
+# 36ad7d2 and fbf3109; before 36ad7d2 dropped the keep-0.1 sweep point and the third proxy seed,
+# 62.7 min there at bb02fc1 and 49-56 min on 2 Intel Xeon cores at 2e81670 and b9258d4, with the
+# machine's speed; with `--proxy-seeds 0`, about 3 min less; plus about 10-12 min to build the
+# demo zoo if `make demo` has not; minutes once cached):
 # results/rank_fidelity.json, its plots and its section of benchmarks/README.md, all regenerated
 # from one run.
 bench: $(STAMP)
