@@ -599,7 +599,7 @@ def _outcome(name: str, result, job: TrialJob) -> TrialOutcome:
 
 
 HISTORY_KEYS = ("step", "budget", "train_loss", "train_tokens", "val_eval_loss", "val_perplexity", "val_accuracy",
-                "val_gold_logprob", "fine_tune_s")
+                "val_gold_logprob", "val_gold_pmi", "fine_tune_s")
 
 
 def _plain(value):

@@ -168,6 +168,7 @@ def _jobs(config: RunConfig, paths: dict[str, str], data_dir: Path, data_key: st
             # Part of the key so that a trial stopped under one schedule is not reused under another.
             "scheduler": [ranking.early_stopping.scheduler, ranking.early_stopping.grace] if mode == "proxy" else None,
             **_halving_setting(config, task_type, mode),
+            **_scores_setting(config, task_type),
             # Data-parallel workers change the effective batch, so they are part of the trial's key.
             "workers": max(1, config.cluster.workers_per_candidate),
         }
@@ -202,6 +203,25 @@ def _halving_setting(config: RunConfig, task_type: str, mode: str) -> dict:
     # Only set when it is not the loss, so that trials cached before the option keep their keys.
     metric = halving_metric(config, task_type) if mode == "proxy" else "eval_loss"
     return {} if metric == "eval_loss" else {"halving_metric": metric}
+
+
+def _check_shared_options(config: RunConfig, data: LoadedData) -> None:
+    """gold_pmi needs options shared across the rows each evaluation scores (a label set)."""
+    from damoc.trials.evaluate import shared_options
+
+    ranking = config.ranking
+    for split, rows in (("validation", validation_rows(ranking, "proxy")), ("test", ranking.eval_max_rows or 10**9)):
+        if not shared_options(data.splits[split][:rows]):
+            raise ConfigError(f"ranking: gold_pmi needs options shared across rows (a label set), and some option in "
+                              f"the {split} rows of {config.data.source} belongs to one row only; rank by "
+                              f"gold_logprob or accuracy instead")
+
+
+def _scores_setting(config: RunConfig, task_type: str) -> dict:
+    # gold_pmi came after trials were cached, and those trials lack it: a run ranked by it keys its
+    # trials (ground truth included) apart, so that none of them is read; runs ranked by any other
+    # score keep their keys. (Halving on it is keyed apart already, by `halving_metric`.)
+    return {"scores": "gold_pmi"} if resolve_metric(config.ranking.metric, task_type) == "gold_pmi" else {}
 
 
 def validation_rows(ranking, mode: str) -> int:
@@ -315,11 +335,13 @@ def run_select(config: RunConfig) -> dict:
     data = prepare_data(config.data, cache)
     wall["data"] = time.perf_counter() - t
     metric = resolve_metric(config.ranking.metric, data.task_type)
-    if metric in ("accuracy", "gold_logprob") and data.task_type != "classification":
+    if metric in ("accuracy", "gold_logprob", "gold_pmi") and data.task_type != "classification":
         raise ConfigError(f"ranking.metric {metric} needs a classification task; {config.data.source} is {data.task_type}")
     if metric in ("rouge_l", "bertscore") and data.task_type != "generation":
         raise ConfigError(f"ranking.metric {metric} needs a generation task; {config.data.source} is {data.task_type}")
     halving_metric(config, data.task_type)  # refused here, before any training, when the rungs cannot measure it
+    if "gold_pmi" in (metric, halving_metric(config, data.task_type)):
+        _check_shared_options(config, data)
     t = time.perf_counter()
     paths = _resolve_candidates(config, cache)
     warn_unprunable(config, paths)

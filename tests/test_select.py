@@ -386,6 +386,24 @@ def test_unsupported_or_bad_settings_exit_2_before_any_work(micro_zoo_cache, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_gold_pmi_on_options_of_one_row_each_exits_2_before_any_work(micro_zoo_cache, tmp_path, cli):
+    """gold_pmi compares each option with its mean probability over the rows, so it needs options
+    that rows share (a label set); per-question options are refused, as is a generation task."""
+    rows = [{"id": f"r{i}", "prompt": f"Which is right, x{i} or y{i}?", "response": f"x{i}",
+             "choices": [f"x{i}", f"y{i}"], "label": 0} for i in range(40)]
+    source = tmp_path / "own_options.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for data, fragment in ((str(source), "gold_pmi needs options shared across rows (a label set), and some "
+                                         "option in the validation rows of"),
+                           ("bundled:wordnet-defgen", "ranking.metric gold_pmi needs a classification task")):
+        code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
+                             f"output.cache_dir={micro_zoo_cache}", f"data.source={data}", "ranking.metric=gold_pmi")
+        # After the data's one line of what it loaded (the check needs the rows), one line of error.
+        errors = [line for line in err.splitlines() if line.startswith("damoc: error")]
+        assert code == 2 and len(errors) == 1 and fragment in errors[0] and err.splitlines()[-1] == errors[0], err
+        assert not (tmp_path / "out").exists()
+
+
 def test_synchronous_halving_of_deepspeed_trials_exits_2_before_any_work(micro_zoo_cache, tmp_path, cli):
     code, out, err = cli("select", str(ROOT / "jobs" / "micro.yaml"), f"output.dir={tmp_path / 'out'}",
                          f"output.cache_dir={micro_zoo_cache}", "ranking.early_stopping.scheduler=sha",
@@ -830,3 +848,8 @@ def test_a_training_setting_added_later_keys_a_trial_only_away_from_its_default(
     assert entries("training.lr_scheduler_type=cosine") == default
     constant = entries("training.lr_scheduler_type=constant")
     assert all(a != b for a, b in zip(constant, default)) and constant != entries("training.lr_scheduler_type=linear")
+    # gold_pmi, likewise added later: trials cached before it lack it, so a run ranked by it has
+    # trials of its own, and runs ranked by the scores every trial had keep sharing theirs.
+    assert entries("ranking.metric=gold_logprob") == entries("ranking.metric=accuracy") == default
+    pmi = entries("ranking.metric=gold_pmi")
+    assert all(a != b for a, b in zip(pmi, default))

@@ -59,6 +59,52 @@ def test_option_scoring_and_accuracy_after_memorising(micro_zoo, lexcat):
     assert scores["gold_logprob"] > -math.log(len(rows[0]["choices"]))
 
 
+def _choice_rows(labels, choices=("noun", "verb", "adj")):
+    return [{"choices": list(choices), "label": label} for label in labels]
+
+
+def test_gold_pmi_scores_only_answers_that_depend_on_the_row():
+    from damoc.trials.evaluate import _choice_summary, gold_pmi
+
+    labels = [0, 1, 2, 0, 1, 2, 0, 0]
+    rows = _choice_rows(labels)
+    # A model that answers every row alike, whatever label prior it has learnt: gold_pmi 0, while
+    # gold_logprob still differs between two such priors (it rewards the prior that fits the labels).
+    for prior in ([0.5, 0.3, 0.2], [0.1, 0.1, 0.8]):
+        flat = [(float(np.log(p)), 1) for _ in rows for p in prior]
+        summary = _choice_summary(rows, flat, per_row=True)
+        assert summary["gold_pmi"] == pytest.approx(0.0, abs=1e-12)
+        assert all(v == pytest.approx(0.0, abs=1e-12) and w == 1 for v, w in summary["row_gold_pmi"])
+    assert _choice_summary(rows, [(float(np.log(p)), 1) for _ in rows for p in (0.5, 0.3, 0.2)])["gold_logprob"] > \
+        _choice_summary(rows, [(float(np.log(p)), 1) for _ in rows for p in (0.1, 0.1, 0.8)])["gold_logprob"]
+
+    # Answers that lean to the gold option score above 0, the more the higher; leaning to a wrong
+    # option scores below. Unnormalised option scores give the same values (normalised per row).
+    def leaning(strength, shift=0):
+        scores = []
+        for label in labels:
+            logits = np.zeros(3)
+            logits[(label + shift) % 3] = strength
+            scores += [(float(v) + 7.0, 1) for v in logits]
+        return _choice_summary(rows, scores, per_row=True)
+
+    weak, strong, wrong = leaning(0.5), leaning(2.0), leaning(2.0, shift=1)
+    assert 0 < weak["gold_pmi"] < strong["gold_pmi"] and wrong["gold_pmi"] < 0
+    # By hand for the strong model: the gold option's probability, less the log of its mean over rows.
+    p_lean, p_other = np.exp(2.0) / (np.exp(2.0) + 2), 1 / (np.exp(2.0) + 2)
+    counts = np.bincount(labels, minlength=3)
+    marginal = (counts * p_lean + (len(labels) - counts) * p_other) / len(labels)
+    want = [np.log(p_lean) - np.log(marginal[label]) for label in labels]
+    assert [v for v, _ in strong["row_gold_pmi"]] == pytest.approx(want, rel=1e-9)
+    assert strong["gold_pmi"] == pytest.approx(np.mean(want), rel=1e-9)
+
+    # Options that belong to one row each (per-question options) have no marginal: no gold_pmi.
+    own = [{"choices": [f"a{i}", f"b{i}"], "label": 0} for i in range(3)]
+    assert gold_pmi(own, [np.log([0.6, 0.4])] * 3) is None
+    summary = _choice_summary(own, [(float(np.log(p)), 1) for _ in own for p in (0.6, 0.4)], per_row=True)
+    assert "gold_pmi" not in summary and "row_gold_pmi" not in summary and summary["accuracy"] == 1.0
+
+
 def test_agreement_metrics():
     truth = {"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.1}
     same = agreement({"a": 4, "b": 3, "c": 2, "d": 1}, truth)
@@ -246,17 +292,17 @@ def test_scores_read_at_kept_positions_equal_scores_from_full_logits(micro_zoo, 
     one = classification_scores(model, tokenizer, rows)
     two = {**response_loss(model, tokenizer, rows), **score_choices(model, tokenizer, rows)}
     assert set(one) == set(two)
-    for key in ("eval_loss", "perplexity", "gold_logprob"):
-        assert one[key] == pytest.approx(two[key], rel=1e-5), key
+    for key in ("eval_loss", "perplexity", "gold_logprob", "gold_pmi"):
+        assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-6), key
     assert one["accuracy"] == two["accuracy"] and one["tokens"] == two["tokens"] and one["rows"] == 12
     # Per row (what a halving cut's margin is computed from): each metric is sum(value) / sum(weight)
     # of its rows, in either path; without per_row no row lists are returned.
     assert not any(k.startswith("row_") for k in one)
     for rows_of in (classification_scores(model, tokenizer, rows, per_row=True),
                     {**response_loss(model, tokenizer, rows, per_row=True), **score_choices(model, tokenizer, rows, per_row=True)}):
-        for key in ("eval_loss", "accuracy", "gold_logprob"):
+        for key in ("eval_loss", "accuracy", "gold_logprob", "gold_pmi"):
             values = np.asarray(rows_of[f"row_{key}"], dtype=float)
-            assert values.shape == (12, 2) and values[:, 0].sum() / values[:, 1].sum() == pytest.approx(one[key], rel=1e-5), key
+            assert values.shape == (12, 2) and values[:, 0].sum() / values[:, 1].sum() == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
         assert sum(w for _, w in rows_of["row_eval_loss"]) == one["tokens"]
     # The gold option's log-probability is the option read off the context's next-token distribution.
     fmt = PromptFormat(tokenizer)

@@ -86,7 +86,7 @@ def baseline_rankings(outcomes: dict, metric: str, sizes: dict[str, int], baseli
 
 
 def _pick(scores: dict, metric: str) -> dict:
-    return {k: scores[k] for k in (metric, "eval_loss", "accuracy", "gold_logprob", "rouge_l", "bertscore") if k in scores}
+    return {k: scores[k] for k in (metric, "eval_loss", "accuracy", "gold_logprob", "gold_pmi", "rouge_l", "bertscore") if k in scores}
 
 
 def agreement_with_truth(predicted: dict[str, float], truth: dict[str, float], metric: str,

@@ -206,7 +206,7 @@ def _choice_inputs(records: Sequence[Record], fmt: PromptFormat) -> tuple[list[l
 
 
 def _choice_summary(records: Sequence[Record], scores: Sequence[tuple[float, int]], per_row: bool = False) -> dict:
-    hits, gold = [], []
+    hits, gold, rows_normalised = [], [], []
     cursor = 0
     for record in records:
         k = len(record["choices"])
@@ -215,11 +215,49 @@ def _choice_summary(records: Sequence[Record], scores: Sequence[tuple[float, int
         hits.append(float(np.argmax(option_scores) == record["label"]))
         normalised = option_scores - np.logaddexp.reduce(option_scores)
         gold.append(float(normalised[record["label"]]))
+        rows_normalised.append(normalised)
     n = len(records)
     out = {"accuracy": sum(hits) / n, "gold_logprob": sum(gold) / n, "rows": n}
+    pmi = gold_pmi(records, rows_normalised)
+    if pmi is not None:
+        out["gold_pmi"] = sum(pmi) / n
     if per_row:   # each row's (value, weight): the metric is sum(value) / sum(weight)
         out.update(row_accuracy=[[h, 1] for h in hits], row_gold_logprob=[[g, 1] for g in gold])
+        if pmi is not None:
+            out["row_gold_pmi"] = [[v, 1] for v in pmi]
     return out
+
+
+def shared_options(records: Sequence[Record]) -> bool:
+    """Whether every option of these rows is an option of at least one other row too (a label set,
+    as in classification), which `gold_pmi` needs."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for choice in set(map(str, record["choices"])):
+            counts[choice] = counts.get(choice, 0) + 1
+    return bool(counts) and min(counts.values()) >= 2
+
+
+def gold_pmi(records: Sequence[Record], normalised: Sequence[np.ndarray]) -> Optional[list[float]]:
+    """Each row's log p(gold | row) - log q(gold): the gold option's log-probability among the
+    options, less the log of its mean probability over all the rows scored (q, the model's own
+    label marginal; no labels are used to form it). It is 0 for a model that answers every row
+    alike, whatever label prior it has learnt, and grows only as the answer comes to depend on the
+    row: the pointwise mutual information between row and gold option, as in calibrated or
+    PMI scoring of options (Zhao et al. 2021, "Calibrate Before Use"; Holtzman et al. 2021,
+    "Surface Form Competition"). Written by hand: no library scores options this way.
+
+    The marginal is per option text, so it needs options shared across rows (a label set); None
+    when some row has an option no other row has (per-question options, where it is undefined)."""
+    if not shared_options(records):
+        return None
+    seen: dict[str, list[float]] = {}
+    for record, row in zip(records, normalised):
+        for choice, value in zip(record["choices"], row):
+            seen.setdefault(str(choice), []).append(float(value))
+    log_marginal = {choice: float(np.logaddexp.reduce(values) - np.log(len(values))) for choice, values in seen.items()}
+    return [float(row[record["label"]]) - log_marginal[str(record["choices"][record["label"]])]
+            for record, row in zip(records, normalised)]
 
 
 def _loss_summary(scores: Sequence[tuple[float, int]], rows: int, per_row: bool = False) -> dict:
