@@ -220,14 +220,15 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from damoc.config import load_config
     from damoc.pipeline import run_select
-    from damoc.report import (close_cut_note, format_table, resampled_text, truth_rows_note, truth_failure_note,
-                              unjudged_note)
+    from damoc.report import (close_cut_note, format_table, resampled_text, score_text, truth_rows_note,
+                              truth_failure_note, unjudged_note)
 
     config = load_config(args.config, args.overrides)
     report = run_select(config)
     print(format_table(report))
     if report["winner"]:
-        print(f"\nwinner: {report['winner']} ({report['metric']} {next(c['score'] for c in report['candidates'] if c['name'] == report['winner']):.4f})")
+        print(f"\nwinner: {report['winner']} ({report['metric']} "
+              f"{score_text(next(c['score'] for c in report['candidates'] if c['name'] == report['winner']))})")
         if unjudged_note(report):
             print(f"note: {unjudged_note(report)}")
         if close_cut_note(report):

@@ -361,8 +361,8 @@ def synchronous_halving(config: RunConfig, jobs: list[TrialJob], *, name: str) -
             margin = cut_margin(rows_at(by_name[last], i), rows_at(by_name[first_out], i))
             cut = {"kept": last, "stopped": first_out, **(margin or {})}
             if margin and margin["z"] is not None and margin["z"] < CLOSE_CUT_Z:
-                log.warning("%s: synchronous halving at budget %d: a close cut: %s kept, %s stopped, %.4f apart "
-                            "in halving loss (standard error %.4f over %d validation rows); "
+                log.warning("%s: synchronous halving at budget %d: a close cut: %s kept, %s stopped, %.3g apart "
+                            "in halving loss (standard error %.3g over %d validation rows); "
                             "ranking.early_stopping.validation_rows sets how many rows decide it",
                             name, budgets[i], last, first_out, margin["difference"], margin["se"], margin["rows"])
         for job in alive:

@@ -312,6 +312,22 @@ def test_the_table_marks_scores_of_stopped_candidates_as_validation_scores():
     assert "Scores marked (validation) are taken on the validation split" in md
 
 
+def test_scores_near_zero_keep_their_order_in_the_stored_report_and_the_table():
+    """gold_pmi of proxies near the label prior is ~1e-3: four decimals would tie 0.00031 and
+    0.00026 in report.json and print both as 0.0003; scores of 1 or more keep four decimals."""
+    from damoc.report import _round, format_table, score_text
+
+    stored = _round({"a": 0.00031234, "b": [0.00026, -0.0123456, 0.5, 2.718281828, 0.0], "n": float("nan"), "k": 3})
+    assert stored == {"a": 0.0003123, "b": [0.00026, -0.01235, 0.5, 2.7183, 0.0], "n": None, "k": 3}
+    assert [score_text(v) for v in (0.00031234, -0.0123456, -2.17, 0.125, 0.0)] == \
+        ["0.000312", "-0.0123", "-2.1700", "0.1250", "0.0000"]
+    row = {"rank": 1, "status": "ok", "score_on": "test", "params": 10, "layers": 2, "layers_kept": 2,
+           "train_tokens": 1, "wall_s": {"total": 1.0}, "error": None}
+    table = format_table({"metric": "gold_pmi", "early_stopping": {"metric": "ranking"},
+                          "candidates": [dict(row, name="a", score=0.00031), dict(row, name="b", rank=2, score=0.00026)]})
+    assert [line.split()[3] for line in table.splitlines()[1:3]] == ["0.00031", "0.00026"]
+
+
 def test_a_candidate_that_failed_before_pruning_shows_no_kept_layers_or_time():
     """A candidate whose pruning failed (prune 0.75 of a 4-layer model with 2 protected) has
     its layer count but no kept layers and no total time: the tables say so rather than print

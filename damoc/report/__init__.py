@@ -24,13 +24,24 @@ REPORT_VERSION = 1
 
 
 def _round(value, digits: int = 4):
+    """Floats to `digits` decimals, or to `digits` significant digits below 1 in size, whichever
+    keeps more: scores near 0 (the gold_pmi of proxies still near the label prior is ~1e-3) keep
+    their order in the stored report."""
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, digits)
+        if math.isnan(value):
+            return None
+        return round(value, digits) if value == 0 or abs(value) >= 1 or math.isinf(value) else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
         return {k: _round(v, digits) for k, v in value.items()}
     if isinstance(value, list):
         return [_round(v, digits) for v in value]
     return value
+
+
+def score_text(value: float) -> str:
+    """A score as the tables print it: four decimals, or three significant digits below 0.1 in
+    size (a gold_pmi near the label prior is ~1e-3, which four decimals would blur)."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g}"
 
 
 def _test_row_noise(report: dict, rows: dict[str, list], metric: str, rankings: dict[str, list[str]]) -> None:
@@ -188,8 +199,8 @@ def close_cut_note(report: dict) -> Optional[str]:
     close = [c for c in report.get("halving_cuts") or [] if c.get("z") is not None and c["z"] < CLOSE_CUT_Z]
     if not close:
         return None
-    calls = "; ".join(f"at budget {c['budget']}, {c['kept']} kept and {c['stopped']} stopped {c['difference']:.4f} apart "
-                      f"(standard error {c['se']:.4f} over {c['rows']} rows)" for c in close)
+    calls = "; ".join(f"at budget {c['budget']}, {c['kept']} kept and {c['stopped']} stopped {score_text(c['difference'])} apart "
+                      f"(standard error {score_text(c['se'])} over {c['rows']} rows)" for c in close)
     return (f"close halving cut(s), under {CLOSE_CUT_Z:g} standard errors: {calls}; more validation rows "
             "(ranking.early_stopping.validation_rows) would decide them more surely")
 
@@ -312,7 +323,7 @@ def format_table(report: dict) -> str:
     lines = [f"{'rank':>4}  {'candidate':<26}{'status':<15}{metric:>11}{'params':>9}{'layers':>8}{'train tokens':>14}{'wall s':>8}"]
     on_validation = False
     for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
-        score = "-" if c["score"] is None else f"{c['score']:.4f}"
+        score = "-" if c["score"] is None else score_text(c["score"])
         if c["score"] is not None and c["score_on"] != "test":
             score, on_validation = score + "*", True
         params = "-" if not c["params"] else f"{c['params'] / 1e6:.2f}M"
@@ -362,7 +373,7 @@ def format_markdown(report: dict) -> str:
            "| rank | candidate | status | " + metric + " | params | layers kept | train tokens | train FLOPs | wall s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(report["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
-        score = "" if c["score"] is None else f"{c['score']:.4f}" + ("" if c["score_on"] == "test" else f" ({c['score_on']})")
+        score = "" if c["score"] is None else score_text(c["score"]) + ("" if c["score_on"] == "test" else f" ({c['score_on']})")
         status = c["status"] + (f": {c['error']}" if c["error"] else "")
         out.append(f"| {c['rank'] or ''} | {c['name']} | {status} | {score} | {c['params'] or ''} | "
                    f"{layers_cell(c)} | {c['train_tokens'] or ''} | "
