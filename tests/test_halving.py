@@ -254,7 +254,7 @@ def test_a_close_halving_cut_gets_one_note_naming_the_rung_and_both_candidates()
     cuts = _halving_cuts(candidates)
     assert cuts == [{"budget": 1, **close}, {"budget": 2, **sure}]
     note = close_cut_note({"halving_cuts": cuts})
-    assert "at budget 1, b kept and c stopped 0.0040 apart (standard error 0.0100 over 200 rows)" in note
+    assert "at budget 1, b kept and c stopped 0.00400 apart (standard error 0.0100 over 200 rows)" in note
     assert "budget 2" not in note and "validation_rows" in note
     assert close_cut_note({"halving_cuts": [{"budget": 2, **sure}]}) is None
     assert close_cut_note({"halving_cuts": [{"budget": 1, "kept": "a", "stopped": "b"}]}) is None   # no rows kept

@@ -41,7 +41,7 @@ def _round(value, digits: int = 4):
 def score_text(value: float) -> str:
     """A score as the tables print it: four decimals, or three significant digits below 0.1 in
     size (a gold_pmi near the label prior is ~1e-3, which four decimals would blur)."""
-    return f"{value:.4f}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g}"
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.1 else f"{value:#.3g}"
 
 
 def _test_row_noise(report: dict, rows: dict[str, list], metric: str, rankings: dict[str, list[str]]) -> None:
