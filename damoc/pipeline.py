@@ -339,8 +339,8 @@ def run_select(config: RunConfig) -> dict:
         raise ConfigError(f"ranking.metric {metric} needs a classification task; {config.data.source} is {data.task_type}")
     if metric in ("rouge_l", "bertscore") and data.task_type != "generation":
         raise ConfigError(f"ranking.metric {metric} needs a generation task; {config.data.source} is {data.task_type}")
-    halving_metric(config, data.task_type)  # refused here, before any training, when the rungs cannot measure it
-    if "gold_pmi" in (metric, halving_metric(config, data.task_type)):
+    halving = halving_metric(config, data.task_type)  # refused here, before any training, when the rungs cannot measure it
+    if "gold_pmi" in (metric, halving):
         _check_shared_options(config, data)
     t = time.perf_counter()
     paths = _resolve_candidates(config, cache)

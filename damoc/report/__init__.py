@@ -30,7 +30,7 @@ def _round(value, digits: int = 4):
     if isinstance(value, float):
         if math.isnan(value):
             return None
-        return round(value, digits) if value == 0 or abs(value) >= 1 or math.isinf(value) else float(f"{value:.{digits}g}")
+        return round(value, digits) if value == 0 or abs(value) >= 1 else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
         return {k: _round(v, digits) for k, v in value.items()}
     if isinstance(value, list):
